@@ -1,0 +1,158 @@
+"""One exception tree for hubbub.
+
+    HubbubError                      base; ``code`` is a stable machine code sent to clients
+    ├── ProtocolError                a client sent something we cannot accept (line stays open)
+    │   ├── LineTooLong              ``line-too-long``
+    │   ├── BadEncoding              ``bad-encoding``
+    │   ├── BadJson                  ``bad-json``
+    │   ├── UnknownCommand           ``unknown-command``
+    │   ├── BadArguments             ``bad-args``
+    │   ├── BadNick                  ``bad-nick``
+    │   ├── BadRoom                  ``bad-room``
+    │   ├── EmptyText                ``empty-text``
+    │   └── FatalProtocolError       the connection must close
+    │       └── BufferOverflow       ``buffer-overflow`` (no newline within the hard limit)
+    ├── CommandError                 a well-formed command that cannot be carried out
+    │   ├── NickTaken                ``nick-taken``
+    │   ├── NoSuchNick               ``no-such-nick``
+    │   ├── NotInRoom                ``not-in-room``
+    │   └── NotRegistered            ``not-registered``
+    ├── RelayUnavailable             ``relay-unavailable`` (Redis cannot be reached)
+    └── SessionClosed                the session is over (``reason`` says why)
+        └── SendQueueExceeded        ``send-queue-exceeded`` (a slow reader)
+
+Errors raised by redis-py are translated into :class:`RelayUnavailable` at the relay
+boundary (``raise RelayUnavailable(...) from exc``); nothing above the relay sees them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadArguments",
+    "BadEncoding",
+    "BadJson",
+    "BadNick",
+    "BadRoom",
+    "BufferOverflow",
+    "CommandError",
+    "EmptyText",
+    "FatalProtocolError",
+    "HubbubError",
+    "LineTooLong",
+    "NickTaken",
+    "NoSuchNick",
+    "NotInRoom",
+    "NotRegistered",
+    "ProtocolError",
+    "RelayUnavailable",
+    "SendQueueExceeded",
+    "SessionClosed",
+    "UnknownCommand",
+]
+
+
+class HubbubError(Exception):
+    """Base of every error hubbub raises on purpose."""
+
+    code: str = "internal"
+    default_text: str = "internal error"
+
+    def __init__(self, text: str | None = None, *, ref: str | None = None) -> None:
+        self.text = text if text is not None else self.default_text
+        self.ref = ref
+        super().__init__(self.text)
+
+
+class ProtocolError(HubbubError):
+    code = "protocol-error"
+    default_text = "malformed input"
+
+
+class LineTooLong(ProtocolError):
+    code = "line-too-long"
+    default_text = "line too long; it was discarded"
+
+
+class BadEncoding(ProtocolError):
+    code = "bad-encoding"
+    default_text = "line is not valid UTF-8; it was discarded"
+
+
+class BadJson(ProtocolError):
+    code = "bad-json"
+    default_text = "line is not a JSON object"
+
+
+class UnknownCommand(ProtocolError):
+    code = "unknown-command"
+    default_text = "unknown command; try /help"
+
+
+class BadArguments(ProtocolError):
+    code = "bad-args"
+    default_text = "bad arguments"
+
+
+class BadNick(ProtocolError):
+    code = "bad-nick"
+    default_text = (
+        "nicknames are 1-32 letters, digits or _-[]{}|^` with no spaces"
+    )
+
+
+class BadRoom(ProtocolError):
+    code = "bad-room"
+    default_text = "room names are 1-32 of a-z 0-9 _ - starting with a letter or digit"
+
+
+class EmptyText(ProtocolError):
+    code = "empty-text"
+    default_text = "nothing left to send once control characters were removed"
+
+
+class FatalProtocolError(ProtocolError):
+    """The peer broke the protocol so badly that the connection is closed."""
+
+
+class BufferOverflow(FatalProtocolError):
+    code = "buffer-overflow"
+    default_text = "too much data without a newline; closing"
+
+
+class CommandError(HubbubError):
+    code = "command-error"
+
+
+class NickTaken(CommandError):
+    code = "nick-taken"
+    default_text = "that nickname is in use"
+
+
+class NoSuchNick(CommandError):
+    code = "no-such-nick"
+    default_text = "no such nickname online"
+
+
+class NotInRoom(CommandError):
+    code = "not-in-room"
+    default_text = "you are not in that room"
+
+
+class NotRegistered(CommandError):
+    code = "not-registered"
+    default_text = "choose a nickname first"
+
+
+class RelayUnavailable(HubbubError):
+    code = "relay-unavailable"
+    default_text = "the cluster relay (Redis) is unavailable; try again shortly"
+
+
+class SessionClosed(HubbubError):
+    code = "closed"
+    default_text = "session closed"
+
+
+class SendQueueExceeded(SessionClosed):
+    code = "send-queue-exceeded"
+    default_text = "send queue exceeded"

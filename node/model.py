@@ -1,0 +1,248 @@
+"""The wire-independent command/event model.
+
+Clients send *commands*; the node sends *events*.  Every wire mode (text, JSON, and
+later IRC) is a codec that turns lines into these commands and these events into
+bytes, so sessions, rooms and the relay never know which mode a client speaks.
+
+Every command may carry ``ref`` (a client-chosen string); replies to it echo it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "Ack",
+    "AskNick",
+    "Bye",
+    "Command",
+    "Error",
+    "Event",
+    "Help",
+    "Hello",
+    "History",
+    "HistoryReply",
+    "Join",
+    "Joined",
+    "Me",
+    "Message",
+    "Msg",
+    "Nick",
+    "NickChanged",
+    "Notice",
+    "Part",
+    "Parted",
+    "Ping",
+    "Pong",
+    "Private",
+    "Quit",
+    "Quitted",
+    "Rooms",
+    "RoomsReply",
+    "Say",
+    "Welcome",
+    "Who",
+    "WhoReply",
+]
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    ref: str | int | None = field(default=None, kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Command):
+    """Register with a nickname (first line in either mode)."""
+
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class Say(Command):
+    """Say ``text`` in ``room`` (None: the session's current room)."""
+
+    text: str
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Me(Command):
+    """An action (``/me waves``) in ``room`` (None: current room)."""
+
+    text: str
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Join(Command):
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Part(Command):
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Msg(Command):
+    """A private message to ``to``."""
+
+    to: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Nick(Command):
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class Who(Command):
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rooms(Command):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class History(Command):
+    room: str | None = None
+    limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Command):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Help(Command):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Quit(Command):
+    reason: str | None = None
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Notice(Event):
+    """Free text from the node: greetings, help, command replies."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class AskNick(Event):
+    """The node asks for a nickname (last greeting line; repeated after a refusal)."""
+
+    text: str = "GET_NAME: choose a nickname"
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(Event):
+    nick: str
+    node: str
+    rooms: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Message(Event):
+    """A room message; ``id`` is the room stream's id, ``ts`` seconds since the epoch."""
+
+    room: str
+    sender: str
+    text: str
+    id: str
+    ts: float
+    action: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Private(Event):
+    sender: str
+    to: str
+    text: str
+    id: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Joined(Event):
+    room: str
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class Parted(Event):
+    room: str
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class Quitted(Event):
+    nick: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NickChanged(Event):
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class WhoReply(Event):
+    room: str
+    nicks: tuple[str, ...]
+    ref: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomsReply(Event):
+    rooms: tuple[tuple[str, int], ...]
+    ref: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryReply(Event):
+    room: str
+    messages: tuple[Message, ...]
+    ref: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(Event):
+    ref: str | int | None
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Event):
+    code: str
+    text: str
+    ref: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(Event):
+    ref: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Bye(Event):
+    reason: str
