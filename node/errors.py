@@ -57,7 +57,7 @@ class HubbubError(Exception):
     code: str = "internal"
     default_text: str = "internal error"
 
-    def __init__(self, text: str | None = None, *, ref: str | None = None) -> None:
+    def __init__(self, text: str | None = None, *, ref: str | int | None = None) -> None:
         self.text = text if text is not None else self.default_text
         self.ref = ref
         super().__init__(self.text)

@@ -1,0 +1,157 @@
+"""``hubbub cluster``: a whole local cluster in one command.
+
+Starts a Redis (a real ``redis-server`` on a free port when one is on PATH, otherwise an
+embedded Redis-compatible server), then N node subprocesses on consecutive ports, prints
+how to connect, and on Ctrl+C (or SIGTERM) stops every node and the Redis, leaving nothing
+running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+
+__all__ = ["free_port", "run_cluster", "start_redis_server", "wait_for_port"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float, host: str = "127.0.0.1",
+                  proc: subprocess.Popen[bytes] | None = None) -> bool:
+    """Poll until something accepts on ``port`` (or ``proc`` exits, or time runs out)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@contextlib.contextmanager
+def start_redis_server(binary: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A throwaway redis-server on 127.0.0.1:``port`` keeping nothing on disk."""
+    with tempfile.TemporaryDirectory(prefix="hubbub-redis-") as workdir:
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", workdir, "--maxmemory-policy", "noeviction"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            if not wait_for_port(port, 10, proc=proc):
+                raise RuntimeError(f"redis-server did not start on port {port}")
+            yield proc
+        finally:
+            _stop(proc, 5)
+
+
+@contextlib.contextmanager
+def _embedded_redis(port: int) -> Iterator[None]:
+    from fakeredis import TcpFakeServer
+
+    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name="embedded-redis")
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        _stop(proc, 12)
+
+
+def _node_command(port: int, redis_url: str, node_id: str, lease_ttl: float) -> list[str]:
+    return [sys.executable, "-m", "cli", "node", "--host", "127.0.0.1", "--port", str(port),
+            "--redis-url", redis_url, "--node-id", node_id, "--lease-ttl", str(lease_ttl)]
+
+
+def run_cluster(*, nodes: int, base_port: int, redis_url: str | None, lease_ttl: float) -> int:
+    for port in range(base_port, base_port + nodes):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                typer.echo(f"port {port} is in use; stop what holds it or pass --base-port",
+                           err=True)
+                return 1
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    with contextlib.ExitStack() as stack:
+        if redis_url is None:
+            port = free_port()
+            binary = shutil.which("redis-server")
+            if binary:
+                stack.enter_context(start_redis_server(binary, port))
+                typer.echo(f"redis-server started on 127.0.0.1:{port}")
+            else:
+                stack.enter_context(_embedded_redis(port))
+                typer.echo("notice: redis-server is not on PATH; using the embedded "
+                           "Redis-compatible server (fine for a demo, slow; install "
+                           "redis-server for real use)")
+            redis_url = f"redis://127.0.0.1:{port}/0"
+        procs: list[subprocess.Popen[bytes]] = []
+        stack.callback(_stop_all, procs)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        cwd = Path(__file__).resolve().parent.parent
+        for i in range(nodes):
+            port = base_port + i
+            procs.append(subprocess.Popen(
+                _node_command(port, redis_url, f"node{i + 1}", lease_ttl), env=env,
+                cwd=cwd, start_new_session=True))
+        for i, proc in enumerate(procs):
+            if not wait_for_port(base_port + i, 15, proc=proc):
+                typer.echo(f"node{i + 1} did not start", err=True)
+                return 1
+        typer.echo("")
+        typer.echo(f"hubbub cluster is up: {nodes} nodes on Redis {redis_url}")
+        for i in range(nodes):
+            typer.echo(f"  node{i + 1}: nc localhost {base_port + i}")
+        typer.echo("Connect with nc (or telnet) to any node, type a nickname, then chat.")
+        typer.echo("Press Ctrl+C to stop the cluster.")
+        while not stop.wait(0.5):
+            dead = [i for i, p in enumerate(procs) if p.poll() is not None]
+            if dead:
+                typer.echo(f"node{dead[0] + 1} exited; stopping the cluster", err=True)
+                return 1
+        typer.echo("stopping the cluster…")
+    typer.echo("cluster stopped")
+    return 0

@@ -1,0 +1,107 @@
+"""The ``hubbub`` command line."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from node.config import NodeConfig, default_node_id
+from node.logs import configure_logging
+
+app = typer.Typer(
+    help="hubbub: a horizontally scaled TCP chat cluster relaying through Redis.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+_DEFAULTS = NodeConfig(node_id="defaults")
+
+
+def _opt(env: str, help: str, *flags: str, **kw: Any) -> Any:
+    return typer.Option(*flags, envvar=f"HUBBUB_{env}", help=help, **kw)
+
+
+@app.command()
+def node(
+    host: Annotated[str, _opt("HOST", "Address to listen on.")] = _DEFAULTS.host,
+    port: Annotated[int, _opt("PORT", "Chat port (text and JSON clients).")] = _DEFAULTS.port,
+    redis_url: Annotated[str, _opt("REDIS_URL", "Redis URL shared by the cluster.")
+                         ] = _DEFAULTS.redis_url,
+    node_id: Annotated[str | None, _opt(
+        "NODE_ID", "Unique id of this node in the cluster (default: hostname-pid).",
+        show_default=False)] = None,
+    prefix: Annotated[str, _opt("PREFIX", "Prefix of every Redis key and channel.")
+                      ] = _DEFAULTS.prefix,
+    lease_ttl: Annotated[float, _opt(
+        "LEASE_TTL", "Seconds a nickname lease lives unrenewed; a dead node's names are "
+        "freed within 2x this.")] = _DEFAULTS.lease_ttl,
+    log_json: Annotated[bool, _opt("LOG_JSON", "Log JSON lines instead of pretty text.",
+                                   "--log-json")] = _DEFAULTS.log_json,
+    log_level: Annotated[str, _opt("LOG_LEVEL", "debug, info, warning or error.")] = "info",
+    max_line: Annotated[int, _opt(
+        "MAX_LINE", "Longest line in bytes; a longer line is discarded whole "
+        "(line-too-long).")] = _DEFAULTS.max_line,
+    max_buffer: Annotated[int, _opt(
+        "MAX_BUFFER", "Bytes without any newline after which the connection is closed.")
+                          ] = _DEFAULTS.max_buffer,
+    register_timeout: Annotated[float, _opt(
+        "REGISTER_TIMEOUT", "Seconds from connect to a registered nickname.")
+                                ] = _DEFAULTS.register_timeout,
+    send_queue_bytes: Annotated[int, _opt(
+        "SEND_QUEUE_BYTES", "Bytes queued for one client before it is disconnected as too "
+        "slow.")] = _DEFAULTS.send_queue_bytes,
+    send_queue_lines: Annotated[int, _opt(
+        "SEND_QUEUE_LINES", "Lines queued for one client before it is disconnected as too "
+        "slow.")] = _DEFAULTS.send_queue_lines,
+    history_max: Annotated[int, _opt("HISTORY_MAX", "Messages kept per room (approximate).")
+                           ] = _DEFAULTS.history_max,
+    history_limit: Annotated[int, _opt("HISTORY_LIMIT", "Most messages one /history returns.")
+                             ] = _DEFAULTS.history_limit,
+    backlog: Annotated[int, _opt("BACKLOG", "Listen backlog.")] = _DEFAULTS.backlog,
+    redis_timeout: Annotated[float, _opt("REDIS_TIMEOUT", "Seconds any Redis command may take.")
+                             ] = _DEFAULTS.redis_timeout,
+    shutdown_grace: Annotated[float, _opt(
+        "SHUTDOWN_GRACE", "Seconds sessions get to finish when the node stops.")
+                              ] = _DEFAULTS.shutdown_grace,
+) -> None:
+    """Run one chat node.  Every option also reads its HUBBUB_* environment variable."""
+    from .run_node import run_node
+
+    try:
+        config = NodeConfig(
+            node_id=node_id or default_node_id(), host=host, port=port, redis_url=redis_url,
+            prefix=prefix, lease_ttl=lease_ttl, log_json=log_json, max_line=max_line,
+            max_buffer=max_buffer, register_timeout=register_timeout,
+            send_queue_bytes=send_queue_bytes, send_queue_lines=send_queue_lines,
+            history_max=history_max, history_limit=history_limit, backlog=backlog,
+            redis_timeout=redis_timeout, shutdown_grace=shutdown_grace)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise typer.BadParameter("log level must be debug, info, warning or error")
+    configure_logging(json=log_json, level=log_level)
+    run_node(config)
+
+
+@app.command()
+def cluster(
+    nodes: Annotated[int, typer.Option(min=1, max=16, help="How many chat nodes to start.")
+                     ] = 3,
+    base_port: Annotated[int, typer.Option(help="Port of the first node; the others follow.")
+                         ] = _DEFAULTS.port,
+    redis_url: Annotated[str | None, typer.Option(
+        envvar="HUBBUB_CLUSTER_REDIS_URL", help="Use this Redis instead of starting one.",
+        show_default=False)] = None,
+    lease_ttl: Annotated[float, typer.Option(help="Lease TTL given to every node.")
+                         ] = _DEFAULTS.lease_ttl,
+) -> None:
+    """Start a local cluster: a Redis, then N nodes on consecutive ports (Ctrl+C stops all)."""
+    from .cluster import run_cluster
+
+    raise typer.Exit(run_cluster(nodes=nodes, base_port=base_port, redis_url=redis_url,
+                                 lease_ttl=lease_ttl))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

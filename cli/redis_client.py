@@ -1,0 +1,22 @@
+"""Build the production Redis client (the relay only ever receives one)."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+__all__ = ["connect_redis"]
+
+
+def connect_redis(url: str, timeout: float) -> Redis:
+    """A client that fails fast: every command is bounded by ``timeout`` and not retried
+    (the relay has its own backoff), so a hung Redis never hangs a node."""
+    return Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_timeout=False,
+        health_check_interval=0,
+    )

@@ -1,0 +1,84 @@
+"""The node's configuration: one frozen object, built at the edge (the CLI) and handed down."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+
+__all__ = ["NodeConfig", "default_node_id"]
+
+_NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
+
+
+def default_node_id() -> str:
+    """``hostname-pid``: unique per process on one host."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:48] or "node"
+    return f"{host}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Every tunable of a chat node, with its documented default.
+
+    Nothing in ``node/`` reads the environment: ``cli/`` builds this from options that
+    also read ``HUBBUB_*`` variables.
+    """
+
+    node_id: str = field(default_factory=default_node_id)
+    host: str = "0.0.0.0"
+    port: int = 5051
+    redis_url: str = "redis://localhost:6379/0"
+    prefix: str = "hubbub:"
+    lease_ttl: float = 15.0
+    """Seconds a nickname lease lives without renewal; names of a dead node are freed
+    by the other nodes within 2 x this."""
+    log_json: bool = False
+
+    max_line: int = 4096
+    """Bytes per line (without the newline); longer lines are discarded whole."""
+    max_buffer: int = 16384
+    """Bytes without any newline after which the connection is closed."""
+    register_timeout: float = 15.0
+    """Seconds from connect to a registered nickname."""
+    send_queue_bytes: int = 1024 * 1024
+    """Bytes queued for one client before it is disconnected as a slow reader."""
+    send_queue_lines: int = 1000
+    """Lines queued for one client before it is disconnected as a slow reader."""
+    history_max: int = 1000
+    """Approximate number of messages kept per room (the stream's MAXLEN ~)."""
+    history_default: int = 20
+    """Messages returned by /history without a count."""
+    history_limit: int = 200
+    """Largest count /history accepts."""
+    backlog: int = 1024
+    """Listen backlog (the asyncio default of 100 is too small for reconnect storms)."""
+    redis_timeout: float = 2.0
+    """Seconds a Redis command may take before it fails (a hung Redis never hangs us)."""
+    shutdown_grace: float = 10.0
+    """Seconds a shutting-down node waits for sessions to finish before cancelling them."""
+    reconnect_max: float = 5.0
+    """Longest wait between Redis reconnect attempts (capped, jittered backoff)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not _NODE_ID.fullmatch(self.node_id):
+            problems.append("node id must be 1-64 of A-Z a-z 0-9 . _ -")
+        if not 0 <= self.port <= 65535:
+            problems.append("port must be 0-65535")
+        if self.lease_ttl < 1:
+            problems.append("lease ttl must be at least 1 second")
+        if self.max_line < 64:
+            problems.append("max line must be at least 64 bytes")
+        if self.max_buffer < self.max_line:
+            problems.append("max buffer must be at least max line")
+        for name in ("register_timeout", "redis_timeout", "shutdown_grace", "reconnect_max"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name.replace('_', ' ')} must be positive")
+        for name in ("send_queue_bytes", "send_queue_lines", "history_max", "history_default",
+                     "history_limit", "backlog"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name.replace('_', ' ')} must be at least 1")
+        if problems:
+            raise ValueError("; ".join(problems))

@@ -1,0 +1,214 @@
+"""What travels on the Redis bus: versioned JSON envelopes, never pickle.
+
+Each envelope kind is a frozen dataclass with symmetric ``serialize()`` / ``parse()``.
+A room message is serialized *without* its id: the publish script adds the stream id it
+got from ``XADD`` as the first member (``{"id":"…",`` + the rest), so the id every member
+sees is the one stored in the room's history.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .errors import HubbubError
+
+__all__ = [
+    "VERSION",
+    "BadEnvelope",
+    "DirectMsg",
+    "Envelope",
+    "NickChange",
+    "RoomJoin",
+    "RoomMsg",
+    "RoomPart",
+    "UserQuit",
+    "parse",
+    "ts_of_id",
+]
+
+VERSION = 1
+
+
+class BadEnvelope(HubbubError):
+    code = "bad-envelope"
+    default_text = "unreadable bus envelope"
+
+
+def ts_of_id(stream_id: str) -> float:
+    """Seconds since the epoch of a Redis stream id (``<ms>-<seq>``)."""
+    ms, _, _ = stream_id.partition("-")
+    try:
+        return int(ms) / 1000.0
+    except ValueError:
+        return 0.0
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class RoomMsg:
+    """A message said in a room; ``sid`` is the sending session, ``id`` the stream id."""
+
+    kind: ClassVar[str] = "msg"
+    room: str
+    sender: str
+    sid: str
+    text: str
+    action: bool = False
+    id: str = ""
+
+    @property
+    def ts(self) -> float:
+        return ts_of_id(self.id)
+
+    def serialize(self) -> bytes:
+        body: dict[str, Any] = {"v": VERSION, "t": self.kind, "room": self.room,
+                                "from": self.sender, "sid": self.sid, "text": self.text}
+        if self.action:
+            body["act"] = True
+        if self.id:
+            body = {"id": self.id, **body}
+        return _dumps(body)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RoomMsg:
+        return cls(room=_s(d, "room"), sender=_s(d, "from"), sid=_s(d, "sid"),
+                   text=_s(d, "text"), action=bool(d.get("act", False)), id=_s(d, "id"))
+
+
+@dataclass(frozen=True, slots=True)
+class RoomJoin:
+    kind: ClassVar[str] = "join"
+    room: str
+    nick: str
+
+    def serialize(self) -> bytes:
+        return _dumps({"v": VERSION, "t": self.kind, "room": self.room, "nick": self.nick})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RoomJoin:
+        return cls(room=_s(d, "room"), nick=_s(d, "nick"))
+
+
+@dataclass(frozen=True, slots=True)
+class RoomPart:
+    kind: ClassVar[str] = "part"
+    room: str
+    nick: str
+
+    def serialize(self) -> bytes:
+        return _dumps({"v": VERSION, "t": self.kind, "room": self.room, "nick": self.nick})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RoomPart:
+        return cls(room=_s(d, "room"), nick=_s(d, "nick"))
+
+
+@dataclass(frozen=True, slots=True)
+class UserQuit:
+    """A user left the cluster; delivered to local members of any of ``rooms``."""
+
+    kind: ClassVar[str] = "quit"
+    nick: str
+    rooms: tuple[str, ...]
+    reason: str | None = None
+
+    def serialize(self) -> bytes:
+        body: dict[str, Any] = {"v": VERSION, "t": self.kind, "nick": self.nick,
+                                "rooms": list(self.rooms)}
+        if self.reason is not None:
+            body["reason"] = self.reason
+        return _dumps(body)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UserQuit:
+        reason = d.get("reason")
+        return cls(nick=_s(d, "nick"), rooms=_rooms(d),
+                   reason=reason if isinstance(reason, str) else None)
+
+
+@dataclass(frozen=True, slots=True)
+class NickChange:
+    """A user renamed; delivered to local members of ``rooms`` and to the session ``sid``."""
+
+    kind: ClassVar[str] = "nick"
+    old: str
+    new: str
+    rooms: tuple[str, ...]
+    sid: str
+
+    def serialize(self) -> bytes:
+        return _dumps({"v": VERSION, "t": self.kind, "old": self.old, "new": self.new,
+                       "rooms": list(self.rooms), "sid": self.sid})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NickChange:
+        return cls(old=_s(d, "old"), new=_s(d, "new"), rooms=_rooms(d), sid=_s(d, "sid"))
+
+
+@dataclass(frozen=True, slots=True)
+class DirectMsg:
+    """A private message, published to the channel of the node holding ``to``."""
+
+    kind: ClassVar[str] = "pm"
+    sender: str
+    sid: str
+    to: str
+    to_folded: str
+    text: str
+    id: str
+    ts: float
+
+    def serialize(self) -> bytes:
+        return _dumps({"v": VERSION, "t": self.kind, "from": self.sender, "sid": self.sid,
+                       "to": self.to, "tof": self.to_folded, "text": self.text,
+                       "id": self.id, "ts": self.ts})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DirectMsg:
+        ts = d.get("ts")
+        if not isinstance(ts, int | float) or isinstance(ts, bool):
+            raise BadEnvelope("pm without a numeric ts")
+        return cls(sender=_s(d, "from"), sid=_s(d, "sid"), to=_s(d, "to"),
+                   to_folded=_s(d, "tof"), text=_s(d, "text"), id=_s(d, "id"), ts=float(ts))
+
+
+Envelope = RoomMsg | RoomJoin | RoomPart | UserQuit | NickChange | DirectMsg
+
+_KINDS: dict[str, Any] = {c.kind: c for c in (RoomMsg, RoomJoin, RoomPart, UserQuit,
+                                               NickChange, DirectMsg)}
+
+
+def _s(d: dict[str, Any], key: str) -> str:
+    value = d.get(key, "")
+    if not isinstance(value, str):
+        raise BadEnvelope(f"field {key!r} is not a string")
+    return value
+
+
+def _rooms(d: dict[str, Any]) -> tuple[str, ...]:
+    rooms = d.get("rooms", [])
+    if not isinstance(rooms, list) or not all(isinstance(r, str) for r in rooms):
+        raise BadEnvelope("field 'rooms' is not a list of strings")
+    return tuple(rooms)
+
+
+def parse(data: bytes | str) -> Envelope:
+    """Parse one envelope; raises :class:`BadEnvelope` for anything we cannot read."""
+    try:
+        d = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadEnvelope("not JSON") from exc
+    if not isinstance(d, dict):
+        raise BadEnvelope("not a JSON object")
+    if d.get("v") != VERSION:
+        raise BadEnvelope(f"unsupported envelope version {d.get('v')!r}")
+    cls = _KINDS.get(d.get("t"))  # type: ignore[arg-type]
+    if cls is None:
+        raise BadEnvelope(f"unknown envelope type {d.get('t')!r}")
+    env: Envelope = cls.from_dict(d)
+    return env

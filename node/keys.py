@@ -1,0 +1,71 @@
+"""Where everything lives in Redis.
+
+Every key and channel starts with the configured prefix (default ``hubbub:``) and carries a
+Redis Cluster hash tag, so every multi-key step stays inside one slot:
+
+==============================================  ======  ==========================================
+key                                             type    meaning
+==============================================  ======  ==========================================
+``{nicks}``                                     SET     folded nicknames online, cluster-wide
+``{nicks}:lease:<folded>``                      STRING  owner token of a name, with a TTL
+``{nicks}:info``                                HASH    folded -> JSON {nick, token, node, rooms}
+``{nicks}:nodes``                               SET     node ids that own names
+``{nicks}:alive:<node>``                        STRING  a node's heartbeat, with the lease TTL
+``{nicks}:owned:<node>``                        SET     folded names a node owns
+``{rooms}``                                     SET     room names that have (had) members
+``{room:<room>}:members``                       HASH    folded -> nickname as shown
+``{room:<room>}:hist``                          STREAM  the room's messages; ids are message ids
+``{room:<room>}:ch``                            chan    the room's pub/sub channel
+``{node:<node>}:ch``                            chan    private messages for users on a node
+``{events}``                                    chan    quits and nick changes, every node listens
+==============================================  ======  ==========================================
+
+(each shown without the prefix).  Room names are ``[a-z0-9][a-z0-9_-]*`` and node ids
+``[A-Za-z0-9._-]+``, so neither can carry a hash tag or a glob pattern of its own.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Keys"]
+
+
+class Keys:
+    """Builds key and channel names for one prefix."""
+
+    __slots__ = ("events", "info", "nicks", "nodes", "prefix", "rooms")
+
+    def __init__(self, prefix: str = "hubbub:") -> None:
+        self.prefix = prefix
+        self.nicks = f"{prefix}{{nicks}}"
+        self.info = f"{prefix}{{nicks}}:info"
+        self.nodes = f"{prefix}{{nicks}}:nodes"
+        self.rooms = f"{prefix}{{rooms}}"
+        self.events = f"{prefix}{{events}}"
+
+    def lease(self, folded: str) -> str:
+        return f"{self.prefix}{{nicks}}:lease:{folded}"
+
+    def alive(self, node: str) -> str:
+        return f"{self.prefix}{{nicks}}:alive:{node}"
+
+    def owned(self, node: str) -> str:
+        return f"{self.prefix}{{nicks}}:owned:{node}"
+
+    def members(self, room: str) -> str:
+        return f"{self.prefix}{{room:{room}}}:members"
+
+    def history(self, room: str) -> str:
+        return f"{self.prefix}{{room:{room}}}:hist"
+
+    def room_channel(self, room: str) -> str:
+        return f"{self.prefix}{{room:{room}}}:ch"
+
+    def node_channel(self, node: str) -> str:
+        return f"{self.prefix}{{node:{node}}}:ch"
+
+    def room_of_channel(self, channel: str) -> str | None:
+        """The room a room channel belongs to, or None for any other channel."""
+        head = f"{self.prefix}{{room:"
+        if channel.startswith(head) and channel.endswith("}:ch"):
+            return channel[len(head) : -len("}:ch")]
+        return None

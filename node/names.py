@@ -1,0 +1,180 @@
+"""Nicknames, room names and message text: validation, folding and sanitising.
+
+Pure functions, no I/O.  The session calls them on whatever a codec parsed:
+
+* :func:`check_nick` validates a nickname as typed; :func:`fold_nick` gives the key that
+  decides whether two nicknames are "the same" (``Alice``, ``ALICE`` and the full-width
+  form of ``ALICE``, U+FF21 U+FF2C U+FF29 U+FF23 U+FF25, are one name).
+* :func:`check_room` turns ``#Lobby`` into ``lobby`` or refuses it.  Room names are plain
+  ASCII so they can be used verbatim in Redis keys and channel names.
+* :func:`clean_text` removes everything that could drive another user's terminal (escape
+  sequences, control characters, bidi overrides) before a message is relayed.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from node.errors import BadNick, BadRoom, EmptyText
+
+__all__ = [
+    "MAX_NICK",
+    "MAX_ROOM",
+    "check_nick",
+    "check_room",
+    "clean_text",
+    "fold_nick",
+]
+
+MAX_NICK = 32
+"""Longest nickname, in characters (code points)."""
+
+MAX_ROOM = 32
+"""Longest room name, in characters (ASCII)."""
+
+# --------------------------------------------------------------------------- nicknames
+
+_NICK_PUNCTUATION = frozenset("_-[]{}|^`")
+_LETTER = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo"})
+_MARK = frozenset({"Mn", "Mc", "Me"})
+
+# Letters and marks that render as nothing (Unicode Default_Ignorable_Code_Point outside Cf):
+# a nickname made of them, or padded with them, would impersonate another one.
+_INVISIBLE_RANGES: tuple[tuple[int, int], ...] = (
+    (0x034F, 0x034F),  # combining grapheme joiner
+    (0x115F, 0x1160),  # Hangul choseong/jungseong fillers
+    (0x17B4, 0x17B5),  # Khmer inherent vowels
+    (0x180B, 0x180F),  # Mongolian free variation selectors
+    (0x3164, 0x3164),  # Hangul filler
+    (0xFE00, 0xFE0F),  # variation selectors
+    (0xFFA0, 0xFFA0),  # half-width Hangul filler
+    (0xE0100, 0xE01EF),  # variation selectors supplement
+)
+
+
+def _invisible(ch: str) -> bool:
+    cp = ord(ch)
+    return any(lo <= cp <= hi for lo, hi in _INVISIBLE_RANGES)
+
+
+def check_nick(raw: str) -> str:
+    """Return ``raw`` without surrounding whitespace if it is a valid nickname.
+
+    A nickname is 1-32 characters, each a letter of any script, a decimal digit, one of
+    ``_-[]{}|^``` or a combining mark (not first).  Whitespace, control and format
+    characters, symbols (emoji included) and invisible fillers are refused.
+
+    Raises:
+        BadNick: the nickname breaks a rule.
+    """
+    nick = raw.strip()
+    if not nick:
+        raise BadNick("a nickname cannot be empty")
+    if len(nick) > MAX_NICK:
+        raise BadNick(f"a nickname is at most {MAX_NICK} characters")
+    for index, ch in enumerate(nick):
+        if ch in _NICK_PUNCTUATION:
+            continue
+        category = unicodedata.category(ch)
+        if _invisible(ch):
+            raise BadNick()
+        if category in _LETTER or category == "Nd":
+            continue
+        if category in _MARK:
+            if index == 0:
+                raise BadNick("a nickname cannot start with a combining mark")
+            continue
+        raise BadNick()
+    return nick
+
+
+def fold_nick(nick: str) -> str:
+    """Return the uniqueness key of ``nick``: NFKC, casefold, NFKC again.
+
+    Two nicknames with the same key cannot be online at the same time.
+    """
+    folded = unicodedata.normalize("NFKC", nick).casefold()
+    return unicodedata.normalize("NFKC", folded)
+
+
+# --------------------------------------------------------------------------- rooms
+
+_ROOM_RE = re.compile(rf"[a-z0-9][a-z0-9_-]{{0,{MAX_ROOM - 1}}}", re.ASCII)
+# Lowercase ASCII letters only: str.lower() would turn the Kelvin sign into "k".
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def check_room(raw: str) -> str:
+    """Return the bare, lowercase room name for ``raw`` (``" #Lobby "`` -> ``"lobby"``).
+
+    Surrounding whitespace and one leading ``#`` are dropped and ASCII letters lowercased;
+    what remains must be 1-32 of ``a-z 0-9 _ -``, starting with a letter or digit.
+
+    Raises:
+        BadRoom: the name breaks a rule.
+    """
+    name = raw.strip()
+    if name.startswith("#"):
+        name = name[1:]
+    name = name.translate(_ASCII_LOWER)
+    if _ROOM_RE.fullmatch(name) is None:
+        raise BadRoom()
+    return name
+
+
+# --------------------------------------------------------------------------- text
+
+# Escape sequences are removed whole, so that no parameter bytes survive as text.  The
+# 8-bit C1 introducers (U+009B CSI, U+009D OSC, ...) are treated like their 7-bit forms.
+_ESCAPE_RE = re.compile(
+    r"""
+      (?:\x1b\[|\x9b) [\x30-\x3f]* [\x20-\x2f]* [\x40-\x7e]?        # CSI ... final
+    | (?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])                       # OSC, DCS, SOS, PM, APC
+      .*? (?:\x07|\x1b\\|\x9c|\Z)                                   # ... up to BEL or ST
+    | \x1b [\x20-\x2f]* [\x30-\x7e]?                                # other ESC sequences
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+
+_BIDI = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+_ZWJ = "\u200d"
+_DROP_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_INVISIBLE_CATEGORIES = frozenset({"Mn", "Me", "Cf"})
+
+
+def _keep(ch: str) -> bool:
+    if ch == "\t" or ch == _ZWJ:
+        return True
+    if ch in _BIDI:
+        return False
+    return unicodedata.category(ch) not in _DROP_CATEGORIES
+
+
+def _visible(ch: str) -> bool:
+    return not ch.isspace() and unicodedata.category(ch) not in _INVISIBLE_CATEGORIES
+
+
+def clean_text(raw: str) -> str:
+    """Return ``raw`` with everything that could drive a terminal removed.
+
+    Removed: ANSI escape sequences (CSI, OSC and other ``ESC`` sequences, whole), every
+    control character except TAB (C0, DEL and C1, ``\\r`` and ``\\n`` included), bidi
+    controls, line/paragraph separators, lone surrogates and invisible format characters
+    other than the zero-width joiner (emoji sequences need it).  The result is stripped of
+    surrounding whitespace.
+
+    Raises:
+        EmptyText: nothing visible remains.
+    """
+    if raw.isprintable():  # fast path: no C* or Z* characters other than the space
+        text = raw
+    else:
+        text = _ESCAPE_RE.sub("", raw)
+        text = "".join(ch for ch in text if _keep(ch))
+    text = text.strip()
+    if not any(_visible(ch) for ch in text):
+        raise EmptyText()
+    return text

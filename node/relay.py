@@ -1,0 +1,496 @@
+"""The Redis relay: names, rooms and the bus, for one node.
+
+Theory of operation
+-------------------
+* The relay is handed a ``redis.asyncio.Redis`` client (production: ``Redis.from_url``;
+  tests: ``fakeredis.FakeAsyncRedis``) and never creates one.
+* **Names.**  A nickname is claimed atomically by the CLAIM script: its lease key (value:
+  the session's token ``<node>/<hex>``, TTL ``lease_ttl``) decides who holds it.  The relay
+  renews every lease it holds, and its node's heartbeat, every ``lease_ttl / 3``; a lease
+  found not ours any more is reported to the sink (``on_lease_lost``).  Every
+  ``lease_ttl / 2`` each node looks for nodes whose heartbeat expired and releases their
+  names (REAP); exactly one reaper gets each name, removes it from its rooms and announces
+  the quit.  A dead node's names are therefore free within ~1.5 x ``lease_ttl``.
+* **Bus.**  One pub/sub connection per node (never one per client), read by one task.  It
+  is always subscribed to the node's own channel (private messages) and the events channel
+  (quits, nick changes); room channels are added while the node has local members in the
+  room.  If the subscription fails it is rebuilt with capped, jittered backoff and every
+  channel is subscribed again.
+* **Errors.**  Every Redis failure is translated into :class:`RelayUnavailable` here;
+  nothing above the relay sees a redis-py exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import secrets
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from . import envelope as env
+from . import scripts
+from .backoff import backoff
+from .config import NodeConfig
+from .errors import NoSuchNick, RelayUnavailable
+from .keys import Keys
+
+__all__ = ["BusSink", "ClaimResult", "NameInfo", "Relay", "RelayStats"]
+
+log = structlog.get_logger("hubbub.relay")
+
+_RENEW_CHUNK = 500
+_REAP_CHUNK = 200
+
+
+class BusSink(Protocol):
+    """What the relay reports to its node."""
+
+    def on_envelope(self, envelope: env.Envelope) -> None: ...
+
+    def on_lease_lost(self, folded: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NameInfo:
+    """What the cluster knows of an online name (the ``{nicks}:info`` entry)."""
+
+    nick: str
+    token: str
+    node: str
+    rooms: tuple[str, ...]
+
+    def serialize(self) -> str:
+        return json.dumps({"nick": self.nick, "token": self.token, "node": self.node,
+                           "rooms": list(self.rooms)}, separators=(",", ":"),
+                          ensure_ascii=False)
+
+    @classmethod
+    def parse(cls, data: bytes | str) -> NameInfo:
+        d = json.loads(data)
+        return cls(nick=str(d["nick"]), token=str(d["token"]), node=str(d["node"]),
+                   rooms=tuple(str(r) for r in d.get("rooms", ())))
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    ok: bool
+    stale: NameInfo | None = None
+    """A previous holder whose lease had run out (its quit is still to be announced)."""
+
+
+@dataclass(slots=True)
+class RelayStats:
+    published: int = 0
+    received: int = 0
+    bad_envelopes: int = 0
+    reconnects: int = 0
+    renewals: int = 0
+    renewal_failures: int = 0
+    leases_lost: int = 0
+    reaped: int = 0
+
+
+@asynccontextmanager
+async def _translated(what: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise RelayUnavailable(f"the cluster relay (Redis) is unavailable ({what}); "
+                               "try again shortly") from exc
+
+
+class Relay:
+    """Everything a node does with Redis.  See the module docstring."""
+
+    def __init__(self, redis: Redis, config: NodeConfig, sink: BusSink) -> None:
+        self._redis = redis
+        self._cfg = config
+        self._sink = sink
+        self.keys = Keys(config.prefix)
+        self.node_id = config.node_id
+        self.stats = RelayStats()
+        self._ttl_ms = int(config.lease_ttl * 1000)
+        self._leases: dict[str, str] = {}  # folded -> token, for renewal
+        self._channels: set[str] = {self.keys.node_channel(self.node_id), self.keys.events}
+        self._pubsub: PubSub | None = None
+        self._ready = asyncio.Event()
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        s = redis.register_script
+        self._claim = s(scripts.CLAIM)
+        self._release = s(scripts.RELEASE)
+        self._rename = s(scripts.RENAME)
+        self._update_info = s(scripts.UPDATE_INFO)
+        self._renew = s(scripts.RENEW)
+        self._reap = s(scripts.REAP)
+        self._publish = s(scripts.PUBLISH_MSG)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def ready(self) -> bool:
+        """True while the bus subscription is up."""
+        return self._ready.is_set()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def run(self) -> None:
+        """Listen, renew and reap until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._listen(), name="relay-listen")
+            tg.create_task(self._renew_loop(), name="relay-renew")
+            tg.create_task(self._reap_loop(), name="relay-reap")
+
+    async def close(self) -> None:
+        """Forget this node's heartbeat so peers need not wait for it to expire."""
+        async with _translated("close"):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.delete(self.keys.alive(self.node_id))
+            pipe.srem(self.keys.nodes, self.node_id)
+            await pipe.execute()
+
+    def new_token(self) -> str:
+        return f"{self.node_id}/{secrets.token_hex(16)}"
+
+    # ------------------------------------------------------------------ names
+
+    async def claim(self, folded: str, info: NameInfo) -> ClaimResult:
+        k = self.keys
+        async with _translated("claim"):
+            ok, old = await self._claim(
+                keys=[k.nicks, k.lease(folded), k.info, k.owned(self.node_id), k.nodes],
+                args=[folded, info.token, self._ttl_ms, info.serialize(), self.node_id])
+        if not ok:
+            return ClaimResult(False)
+        self._leases[folded] = info.token
+        return ClaimResult(True, self._stale(old, info.token))
+
+    async def rename(self, old_folded: str, new_folded: str, info: NameInfo) -> ClaimResult:
+        k = self.keys
+        async with _translated("rename"):
+            ok, old = await self._rename(
+                keys=[k.nicks, k.lease(new_folded), k.info, k.owned(self.node_id), k.nodes,
+                      k.lease(old_folded)],
+                args=[new_folded, info.token, self._ttl_ms, info.serialize(), self.node_id,
+                      old_folded])
+        if not ok:
+            return ClaimResult(False)
+        self._leases.pop(old_folded, None)
+        self._leases[new_folded] = info.token
+        return ClaimResult(True, self._stale(old, info.token))
+
+    async def release(self, folded: str, token: str) -> None:
+        if self._leases.get(folded) == token:
+            del self._leases[folded]
+        k = self.keys
+        async with _translated("release"):
+            await self._release(keys=[k.nicks, k.lease(folded), k.info, k.owned(self.node_id)],
+                                args=[folded, token])
+
+    def forget(self, folded: str) -> None:
+        """Stop renewing a name (it was lost)."""
+        self._leases.pop(folded, None)
+
+    async def lookup(self, folded: str) -> NameInfo | None:
+        async with _translated("lookup"):
+            raw = await self._redis.hget(self.keys.info, folded)
+        return NameInfo.parse(raw) if raw else None
+
+    def _stale(self, raw: bytes | str, token: str) -> NameInfo | None:
+        if not raw:
+            return None
+        try:
+            info = NameInfo.parse(raw)
+        except (ValueError, KeyError):
+            return None
+        return None if info.token == token else info
+
+    # ------------------------------------------------------------------ rooms
+
+    async def join(self, room: str, folded: str, info: NameInfo) -> None:
+        """Record membership cluster-wide and announce it on the room's channel."""
+        k = self.keys
+        async with _translated("join"):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hset(k.members(room), folded, info.nick)
+            pipe.sadd(k.rooms, room)
+            await self._update_info(keys=[k.info, k.lease(folded)],
+                                    args=[folded, info.token, info.serialize()], client=pipe)
+            pipe.publish(k.room_channel(room), env.RoomJoin(room, info.nick).serialize())
+            await pipe.execute()
+
+    async def part(self, room: str, folded: str, info: NameInfo, *, announce: bool = True) -> None:
+        k = self.keys
+        async with _translated("part"):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hdel(k.members(room), folded)
+            await self._update_info(keys=[k.info, k.lease(folded)],
+                                    args=[folded, info.token, info.serialize()], client=pipe)
+            if announce:
+                pipe.publish(k.room_channel(room), env.RoomPart(room, info.nick).serialize())
+            await pipe.execute()
+
+    async def leave_all(self, folded: str, nick: str, rooms: Iterable[str],
+                        reason: str | None) -> None:
+        """Remove a departing user from its rooms and announce its quit once."""
+        rooms = tuple(rooms)
+        k = self.keys
+        async with _translated("quit"):
+            pipe = self._redis.pipeline(transaction=False)
+            for room in rooms:
+                pipe.hdel(k.members(room), folded)
+            pipe.publish(k.events, env.UserQuit(nick, rooms, reason).serialize())
+            await pipe.execute()
+
+    async def rename_in_rooms(self, old_folded: str, new_folded: str, old: str, new: str,
+                              rooms: Sequence[str], sid: str) -> None:
+        k = self.keys
+        async with _translated("nick"):
+            pipe = self._redis.pipeline(transaction=False)
+            for room in rooms:
+                if old_folded != new_folded:
+                    pipe.hdel(k.members(room), old_folded)
+                pipe.hset(k.members(room), new_folded, new)
+            pipe.publish(k.events, env.NickChange(old, new, tuple(rooms), sid).serialize())
+            await pipe.execute()
+
+    async def who(self, room: str) -> list[str]:
+        async with _translated("who"):
+            nicks = await self._redis.hvals(self.keys.members(room))
+        return sorted((_text(n) for n in nicks), key=str.casefold)
+
+    async def rooms(self) -> list[tuple[str, int]]:
+        """Rooms with members, cluster-wide; empty rooms are dropped from the index."""
+        k = self.keys
+        async with _translated("rooms"):
+            names = sorted(_text(r) for r in await self._redis.smembers(k.rooms))
+            pipe = self._redis.pipeline(transaction=False)
+            for name in names:
+                pipe.hlen(k.members(name))
+            counts = await pipe.execute()
+            empty = [n for n, c in zip(names, counts, strict=True) if not c]
+            if empty:
+                await self._redis.srem(k.rooms, *empty)
+        return [(n, int(c)) for n, c in zip(names, counts, strict=True) if c]
+
+    async def history(self, room: str, limit: int) -> list[env.RoomMsg]:
+        async with _translated("history"):
+            entries = await self._redis.xrevrange(self.keys.history(room), count=limit)
+        out: list[env.RoomMsg] = []
+        for entry_id, fields in reversed(entries or []):
+            try:
+                parsed = env.parse((fields or {})[b"e"])
+            except (env.BadEnvelope, KeyError):
+                continue
+            if isinstance(parsed, env.RoomMsg) and entry_id is not None:
+                out.append(env.RoomMsg(room=parsed.room, sender=parsed.sender, sid=parsed.sid,
+                                       text=parsed.text, action=parsed.action,
+                                       id=_text(entry_id)))
+        return out
+
+    # ------------------------------------------------------------------ publishing
+
+    async def say(self, msg: env.RoomMsg) -> str:
+        """Store and publish a room message in one atomic step; returns its id."""
+        k = self.keys
+        async with _translated("publish"):
+            new_id = await self._publish(keys=[k.history(msg.room), k.room_channel(msg.room)],
+                                         args=[msg.serialize(), self._cfg.history_max])
+        self.stats.published += 1
+        return new_id.decode() if isinstance(new_id, bytes) else str(new_id)
+
+    async def private(self, msg: env.DirectMsg, node: str) -> None:
+        """Publish a private message to the node holding its recipient."""
+        async with _translated("pm"):
+            receivers = await self._redis.publish(self.keys.node_channel(node), msg.serialize())
+        if not receivers:
+            raise NoSuchNick(f"{msg.to} is not online")
+        self.stats.published += 1
+
+    # ------------------------------------------------------------------ subscriptions
+
+    async def subscribe_room(self, room: str) -> None:
+        """Subscribe to a room's channel; returns once Redis confirmed it."""
+        channel = self.keys.room_channel(room)
+        self._channels.add(channel)
+        pubsub = self._pubsub
+        if pubsub is None:
+            self._channels.discard(channel)
+            raise RelayUnavailable()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(channel, []).append(waiter)
+        try:
+            async with _translated("subscribe"), asyncio.timeout(self._cfg.redis_timeout):
+                await pubsub.subscribe(channel)
+                await waiter
+        except BaseException:
+            self._channels.discard(channel)
+            waiters = self._waiters.get(channel, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            raise
+
+    async def unsubscribe_room(self, room: str) -> None:
+        channel = self.keys.room_channel(room)
+        self._channels.discard(channel)
+        pubsub = self._pubsub
+        if pubsub is not None:
+            with suppress(RedisError, OSError):
+                await pubsub.unsubscribe(channel)
+
+    def subscribed_rooms(self) -> set[str]:
+        return {r for c in self._channels if (r := self.keys.room_of_channel(c)) is not None}
+
+    async def _listen(self) -> None:
+        delays: Iterable[float] | None = None
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await self._subscribe_all(pubsub)
+                self._pubsub = pubsub
+                self._ready.set()
+                if delays is not None:
+                    self.stats.reconnects += 1
+                log.info("relay subscribed", channels=len(self._channels))
+                delays = None
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._dispatch(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a dead listener is a deaf node: never let it die
+                self._ready.clear()
+                self._pubsub = None
+                log.warning("relay subscription lost", error=repr(exc))
+                if delays is None:
+                    delays = backoff(initial=0.1, maximum=self._cfg.reconnect_max)
+                await asyncio.sleep(next(iter(delays)))
+            finally:
+                self._ready.clear()
+                self._pubsub = None
+                with suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _subscribe_all(self, pubsub: PubSub) -> None:
+        async with asyncio.timeout(self._cfg.redis_timeout * 2):
+            channels = set(self._channels)
+            await pubsub.subscribe(*channels)
+            while channels:
+                message = await pubsub.get_message(timeout=self._cfg.redis_timeout)
+                if message is None:
+                    continue
+                if message["type"] == "subscribe":
+                    channels.discard(_text(message["channel"]))
+                self._dispatch(message)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "message":
+            self.stats.received += 1
+            try:
+                envelope = env.parse(message["data"])
+            except env.BadEnvelope as exc:
+                self.stats.bad_envelopes += 1
+                log.warning("bad envelope dropped", error=exc.text,
+                            channel=_text(message["channel"]))
+                return
+            self._sink.on_envelope(envelope)
+        elif kind == "subscribe":
+            for waiter in self._waiters.pop(_text(message["channel"]), []):
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    # ------------------------------------------------------------------ leases
+
+    async def _renew_loop(self) -> None:
+        interval = self._cfg.lease_ttl / 3
+        while True:
+            try:
+                await self.renew()
+            except RelayUnavailable as exc:
+                self.stats.renewal_failures += 1
+                log.warning("lease renewal failed", error=repr(exc.__cause__))
+            await asyncio.sleep(interval)
+
+    async def renew(self) -> None:
+        """Renew the heartbeat and every lease; report the ones that are not ours any more."""
+        k = self.keys
+        held = list(self._leases.items())
+        chunks = [held[i:i + _RENEW_CHUNK] for i in range(0, len(held), _RENEW_CHUNK)] or [[]]
+        lost: list[str] = []
+        async with _translated("renew"):
+            for chunk in chunks:
+                positions = await self._renew(
+                    keys=[k.alive(self.node_id), k.nodes, *(k.lease(f) for f, _ in chunk)],
+                    args=[self.node_id, self._ttl_ms, *(t for _, t in chunk)])
+                lost.extend(chunk[int(p) - 1][0] for p in positions)
+        self.stats.renewals += 1
+        for folded in lost:
+            if folded in self._leases:
+                self.stats.leases_lost += 1
+                self._sink.on_lease_lost(folded)
+
+    async def _reap_loop(self) -> None:
+        interval = self._cfg.lease_ttl / 2
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.8, 1.0))
+            try:
+                await self.reap()
+            except RelayUnavailable as exc:
+                log.warning("reaping failed", error=repr(exc.__cause__))
+
+    async def reap(self) -> int:
+        """Release the names of nodes whose heartbeat expired; returns how many."""
+        k = self.keys
+        released = 0
+        async with _translated("reap"):
+            nodes = [_text(n) for n in await self._redis.smembers(k.nodes)]
+            nodes = [n for n in nodes if n != self.node_id]
+            if not nodes:
+                return 0
+            pipe = self._redis.pipeline(transaction=False)
+            for node in nodes:
+                pipe.exists(k.alive(node))
+            alive = await pipe.execute()
+            for node, is_alive in zip(nodes, alive, strict=True):
+                if is_alive:
+                    continue
+                names = [_text(n) for n in await self._redis.smembers(k.owned(node))]
+                chunks = [names[i:i + _REAP_CHUNK] for i in range(0, len(names), _REAP_CHUNK)]
+                for chunk in chunks or [[]]:
+                    infos = await self._reap(
+                        keys=[k.alive(node), k.nodes, k.nicks, k.info, k.owned(node),
+                              *(k.lease(f) for f in chunk)],
+                        args=[node, *chunk])
+                    for folded, info in _pairs(infos):
+                        await self.leave_all(folded, info.nick, info.rooms, "connection lost")
+                        released += 1
+                if names:
+                    log.info("released names of a dead node", dead=node, names=len(names))
+        self.stats.reaped += released
+        return released
+
+
+def _pairs(flat: Sequence[bytes | str]) -> list[tuple[str, NameInfo]]:
+    """``[folded, info, folded, info, ...]`` from REAP as parsed pairs (unreadable skipped)."""
+    out = []
+    for folded, raw in zip(flat[::2], flat[1::2], strict=True):
+        try:
+            out.append((_text(folded), NameInfo.parse(raw)))
+        except (ValueError, KeyError):
+            continue
+    return out
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,133 @@
+"""Lua scripts: every step that must be atomic runs as one script in one hash slot.
+
+Name scripts touch only ``{nicks}`` keys; the publish script only one room's keys.  Every
+key a script touches is passed in KEYS (Redis Cluster requires it).  Nothing a user typed
+ever becomes Lua source: it arrives as ARGV.
+
+Tokens are ``<node id>/<random hex>``; a name's info JSON contains ``"token":"<token>"``,
+so ``string.find(info, token, 1, true)`` tells whether an info entry is ours.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CLAIM", "PUBLISH_MSG", "REAP", "RELEASE", "RENAME", "RENEW", "UPDATE_INFO"]
+
+# KEYS: nicks, lease, info, owned(node), nodes
+# ARGV: folded, token, ttl_ms, info_json, node_id
+# -> {1, previous info or ''} when claimed (a previous info is a stale holder whose lease
+#    ran out: the caller announces its quit), {0, ''} when the name is held.
+CLAIM = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return {0, ''} end
+local old = redis.call('HGET', KEYS[3], ARGV[1]) or ''
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('SADD', KEYS[5], ARGV[5])
+return {1, old}
+"""
+
+# KEYS: nicks, lease, info, owned(node)
+# ARGV: folded, token
+# Compare-and-delete: a holder that lost its lease never deletes a successor's name.
+RELEASE = """
+local cur = redis.call('GET', KEYS[2])
+if cur == ARGV[2] then redis.call('DEL', KEYS[2]) end
+if cur == ARGV[2] or not cur then
+  local info = redis.call('HGET', KEYS[3], ARGV[1])
+  if info and string.find(info, ARGV[2], 1, true) then
+    redis.call('SREM', KEYS[1], ARGV[1])
+    redis.call('HDEL', KEYS[3], ARGV[1])
+  end
+end
+redis.call('SREM', KEYS[4], ARGV[1])
+if cur == ARGV[2] then return 1 end
+return 0
+"""
+
+# KEYS: nicks, new lease, info, owned(node), nodes, old lease
+# ARGV: new folded, token, ttl_ms, new info_json, node_id, old folded
+# -> {1, stale info or ''} | {0, ''} (new name held by someone else)
+RENAME = """
+local old = ''
+if ARGV[1] ~= ARGV[6] then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return {0, ''} end
+  old = redis.call('HGET', KEYS[3], ARGV[1]) or ''
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+  redis.call('SADD', KEYS[1], ARGV[1])
+  redis.call('SADD', KEYS[4], ARGV[1])
+  redis.call('SADD', KEYS[5], ARGV[5])
+  if redis.call('GET', KEYS[6]) == ARGV[2] then redis.call('DEL', KEYS[6]) end
+  local info = redis.call('HGET', KEYS[3], ARGV[6])
+  if info and string.find(info, ARGV[2], 1, true) then
+    redis.call('SREM', KEYS[1], ARGV[6])
+    redis.call('HDEL', KEYS[3], ARGV[6])
+  end
+  redis.call('SREM', KEYS[4], ARGV[6])
+end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+return {1, old}
+"""
+
+# KEYS: info, lease
+# ARGV: folded, token, info_json  -> 1 if updated (the name is still ours)
+UPDATE_INFO = """
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+# KEYS: alive(node), nodes, lease_1 .. lease_n
+# ARGV: node_id, ttl_ms, token_1 .. token_n
+# Renews the node heartbeat and every lease still holding its token; returns the 1-based
+# positions of leases that were not ours any more (lost: expired or taken).
+RENEW = """
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[1])
+local lost = {}
+for i = 3, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+  else
+    lost[#lost + 1] = i - 2
+  end
+end
+return lost
+"""
+
+# KEYS: alive(dead), nodes, nicks, info, owned(dead), lease_1 .. lease_n
+# ARGV: dead node id, folded_1 .. folded_n
+# Releases the names of a node whose heartbeat expired; returns {folded, info, folded, info..}
+# for each name it released (exactly one reaper gets each, so each quit is announced once).
+REAP = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {} end
+local mine = ARGV[1] .. '/'
+local mark = '"token":"' .. mine
+local out = {}
+for i = 2, #ARGV do
+  local folded = ARGV[i]
+  local lease = KEYS[i + 4]
+  local cur = redis.call('GET', lease)
+  local info = redis.call('HGET', KEYS[4], folded)
+  if info and string.find(info, mark, 1, true)
+     and (not cur or string.sub(cur, 1, #mine) == mine) then
+    redis.call('DEL', lease)
+    redis.call('SREM', KEYS[3], folded)
+    redis.call('HDEL', KEYS[4], folded)
+    out[#out + 1] = folded
+    out[#out + 1] = info
+  end
+  redis.call('SREM', KEYS[5], folded)
+end
+if redis.call('SCARD', KEYS[5]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
+return out
+"""
+
+# KEYS: history stream, room channel
+# ARGV: envelope JSON without id (starts with '{'), maxlen
+# XADD and PUBLISH in one atomic step; the id is spliced in as the envelope's first member.
+PUBLISH_MSG = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
+redis.call('PUBLISH', KEYS[2], '{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2))
+return id
+"""

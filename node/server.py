@@ -1,0 +1,313 @@
+"""The chat node: accepts TCP clients, keeps local room membership, fans out bus events.
+
+Theory of operation
+-------------------
+* ``sessions`` holds every open connection; ``local`` the registered ones by folded name;
+  ``rooms`` the local members of each room.  Only the node's own event loop touches them.
+* A room's channel is subscribed when its first local member joins (the join waits for
+  Redis to confirm the subscription, so the joiner sees its own join) and unsubscribed when
+  the last one leaves.
+* Every room event reaches local members through the bus, so all members on all nodes see
+  one order.  Fan-out is synchronous: each event is rendered once per wire mode and the
+  same bytes are queued to every recipient (:meth:`Session.send_bytes` never waits).
+* Shutdown reads top to bottom in :meth:`ChatNode._shutdown`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import structlog
+from redis.asyncio import Redis
+
+from . import envelope as env
+from .config import NodeConfig
+from .errors import NickTaken, NoSuchNick, RelayUnavailable
+from .model import (
+    Error,
+    Event,
+    Joined,
+    Message,
+    NickChanged,
+    Parted,
+    Private,
+    Quitted,
+)
+from .names import fold_nick
+from .relay import NameInfo, Relay
+from .session import Session
+
+__all__ = ["ChatNode", "NodeStats"]
+
+log = structlog.get_logger("hubbub.node")
+
+
+@dataclass(slots=True)
+class NodeStats:
+    connections: int = 0
+    slow_consumers: int = 0
+    delivered: int = 0
+
+
+class ChatNode:
+    """One chat node.  ``await node.run()`` serves until :meth:`stop` is called."""
+
+    def __init__(self, config: NodeConfig, redis: Redis) -> None:
+        self.config = config
+        self.relay = Relay(redis, config, self)
+        self.stats = NodeStats()
+        self.sessions: set[Session] = set()
+        self.local: dict[str, Session] = {}
+        self.by_sid: dict[str, Session] = {}
+        self.rooms: dict[str, set[Session]] = {}
+        self.port: int | None = None
+        self._subs: dict[str, asyncio.Task[None]] = {}
+        self._conn_tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._server: asyncio.Server | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, started: Callable[[int], None] | None = None) -> None:
+        """Start the relay and the listener, serve until :meth:`stop`, then shut down."""
+        structlog.contextvars.bind_contextvars(node=self.config.node_id)
+        relay_task = asyncio.create_task(self.relay.run(), name="relay")
+        try:
+            self._server = await asyncio.start_server(
+                self._on_connect, self.config.host, self.config.port,
+                backlog=self.config.backlog, reuse_address=True)
+            self.port = self._server.sockets[0].getsockname()[1]
+            log.info("node listening", host=self.config.host, port=self.port)
+            if started is not None:
+                started(self.port)
+            await self._stopping.wait()
+        finally:
+            await self._shutdown(relay_task)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _shutdown(self, relay_task: asyncio.Task[None]) -> None:
+        log.info("node shutting down", sessions=len(self.sessions))
+        # 1. stop accepting
+        if self._server is not None:
+            self._server.close()
+        # 2. tell every client, stop reading; each session's cleanup releases its name
+        for session in list(self.sessions):
+            session.shutdown("node shutting down")
+        # 3. wait a bounded grace period for sessions to finish, then cancel the rest
+        if self._conn_tasks:
+            _, pending = await asyncio.wait(self._conn_tasks, timeout=self.config.shutdown_grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        # 4. drop our heartbeat, then stop listening to the bus
+        try:
+            async with asyncio.timeout(self.config.redis_timeout):
+                await self.relay.close()
+        except (RelayUnavailable, TimeoutError):
+            log.warning("could not remove heartbeat; it will expire")
+        relay_task.cancel()
+        await asyncio.gather(relay_task, return_exceptions=True)
+        log.info("node stopped")
+
+    async def _on_connect(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if self._stopping.is_set():
+            writer.close()
+            return
+        self._conn_tasks.add(task)
+        session = Session(self, reader, writer)
+        self.sessions.add(session)
+        self.by_sid[session.sid] = session
+        self.stats.connections += 1
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+            self.by_sid.pop(session.sid, None)
+            self._conn_tasks.discard(task)
+
+    # ------------------------------------------------------------------ names
+
+    def _info(self, s: Session, nick: str | None = None) -> NameInfo:
+        return NameInfo(nick or s.nick, s.token, self.config.node_id, tuple(s.rooms))
+
+    async def register(self, s: Session, nick: str, folded: str) -> None:
+        if folded in self.local:
+            raise NickTaken(f"{nick} is in use")
+        token = self.relay.new_token()
+        s.token = token
+        result = await self.relay.claim(folded, NameInfo(nick, token, self.config.node_id, ()))
+        if not result.ok:
+            raise NickTaken(f"{nick} is in use")
+        if folded in self.local:  # a local session won the same name while we waited
+            await self.relay.release(folded, token)
+            raise NickTaken(f"{nick} is in use")
+        s.nick, s.folded = nick, folded
+        self.local[folded] = s
+        if result.stale is not None:
+            await self._bury(folded, result.stale)
+
+    async def _bury(self, folded: str, stale: NameInfo) -> None:
+        """Announce the quit of a holder whose lease ran out before anyone reaped it."""
+        await self.relay.leave_all(folded, stale.nick, stale.rooms, "connection lost")
+
+    async def rename(self, s: Session, new: str) -> None:
+        new_folded = fold_nick(new)
+        holder = self.local.get(new_folded)
+        if holder is not None and holder is not s:
+            raise NickTaken(f"{new} is in use")
+        result = await self.relay.rename(s.folded, new_folded, self._info(s, new))
+        if not result.ok:
+            raise NickTaken(f"{new} is in use")
+        old, old_folded = s.nick, s.folded
+        del self.local[old_folded]
+        self.local[new_folded] = s
+        s.nick, s.folded = new, new_folded
+        structlog.contextvars.bind_contextvars(nick=new)
+        if result.stale is not None:
+            await self._bury(new_folded, result.stale)
+        await self.relay.rename_in_rooms(old_folded, new_folded, old, new, s.rooms, s.sid)
+
+    async def unregister(self, s: Session) -> None:
+        """Leave every room, announce the quit and release the name (session cleanup)."""
+        folded, token, rooms = s.folded, s.token, list(s.rooms)
+        for room in rooms:
+            await self._leave_local(s, room)
+        s.rooms.clear()
+        if self.local.get(folded) is s:
+            del self.local[folded]
+        s.folded = ""
+        await self.relay.leave_all(folded, s.nick, rooms, s.announced_reason)
+        await self.relay.release(folded, token)
+
+    def on_lease_lost(self, folded: str) -> None:
+        s = self.local.get(folded)
+        if s is not None:
+            asyncio.create_task(self._reassert(s, folded))  # noqa: RUF006
+
+    async def _reassert(self, s: Session, folded: str) -> None:
+        """Our lease ran out (Redis was away): take the name back unless someone has it."""
+        try:
+            result = await self.relay.claim(folded, self._info(s))
+        except RelayUnavailable:
+            return  # still away; the next renewal reports it again
+        if result.ok:
+            log.info("lease re-asserted", nick=s.nick)
+            return
+        log.warning("nickname lost to another session", nick=s.nick)
+        self.relay.forget(folded)
+        if self.local.get(folded) is s:
+            del self.local[folded]
+        s.folded = ""
+        s.send(Error("nick-lost", "your nickname was taken over while the cluster "
+                                  "could not reach you; reconnect with another"))
+        s.kill("nickname lost")
+
+    # ------------------------------------------------------------------ rooms
+
+    async def join(self, s: Session, room: str) -> None:
+        await self._subscribed(room)
+        self.rooms.setdefault(room, set()).add(s)
+        s.rooms.append(room)
+        try:
+            await self.relay.join(room, s.folded, self._info(s))
+        except BaseException:
+            s.rooms.remove(room)
+            await self._leave_local(s, room)
+            raise
+
+    async def part(self, s: Session, room: str) -> None:
+        s.rooms.remove(room)
+        await self._leave_local(s, room)
+        await self.relay.part(room, s.folded, self._info(s))
+
+    async def _subscribed(self, room: str) -> None:
+        task = self._subs.get(room)
+        if task is None or (task.done() and task.exception() is not None):
+            task = asyncio.create_task(self.relay.subscribe_room(room))
+            self._subs[room] = task
+        try:
+            await asyncio.shield(task)
+        except BaseException:
+            if self._subs.get(room) is task and task.done() and not self.rooms.get(room):
+                del self._subs[room]
+            raise
+
+    async def _leave_local(self, s: Session, room: str) -> None:
+        members = self.rooms.get(room)
+        if members is None:
+            return
+        members.discard(s)
+        if not members:
+            del self.rooms[room]
+            self._subs.pop(room, None)
+            await self.relay.unsubscribe_room(room)
+
+    # ------------------------------------------------------------------ private messages
+
+    async def private(self, s: Session, to: str, text: str) -> env.DirectMsg:
+        to_folded = fold_nick(to)
+        info = await self.relay.lookup(to_folded)
+        if info is None:
+            raise NoSuchNick(f"{to} is not online")
+        now = time.time()
+        msg = env.DirectMsg(sender=s.nick, sid=s.sid, to=info.nick, to_folded=to_folded,
+                            text=text, id=f"pm-{int(now * 1000)}-{s.sid}", ts=now)
+        await self.relay.private(msg, info.node)
+        return msg
+
+    # ------------------------------------------------------------------ bus fan-out
+
+    def on_envelope(self, e: env.Envelope) -> None:
+        match e:
+            case env.RoomMsg():
+                members = self.rooms.get(e.room)
+                if members:
+                    event = Message(e.room, e.sender, e.text, e.id, e.ts, e.action)
+                    self._fan_out(event, members, skip_sid=e.sid)
+            case env.RoomJoin():
+                if members := self.rooms.get(e.room):
+                    self._fan_out(Joined(e.room, e.nick), members)
+            case env.RoomPart():
+                if members := self.rooms.get(e.room):
+                    self._fan_out(Parted(e.room, e.nick), members)
+            case env.UserQuit():
+                self._fan_out(Quitted(e.nick, e.reason), self._members_of(e.rooms))
+            case env.NickChange():
+                targets = self._members_of(e.rooms)
+                if (me := self.by_sid.get(e.sid)) is not None:
+                    targets.add(me)
+                self._fan_out(NickChanged(e.old, e.new), targets)
+            case env.DirectMsg():
+                target = self.local.get(e.to_folded)
+                if target is not None:
+                    target.send(Private(e.sender, e.to, e.text, e.id, e.ts))
+                    self.stats.delivered += 1
+
+    def _members_of(self, rooms: Iterable[str]) -> set[Session]:
+        out: set[Session] = set()
+        for room in rooms:
+            out.update(self.rooms.get(room, ()))
+        return out
+
+    def _fan_out(self, event: Event, targets: Iterable[Session], skip_sid: str = "") -> None:
+        """Render once per wire mode; queue the same bytes to every recipient."""
+        rendered: dict[str, bytes] = {}
+        for s in list(targets):
+            codec = s.conn.codec
+            if s.sid == skip_sid and not codec.echo_own:
+                continue
+            data = rendered.get(codec.name)
+            if data is None:
+                data = rendered[codec.name] = codec.render(event)
+            s.send_bytes(data)
+            self.stats.delivered += 1
+

@@ -1,0 +1,356 @@
+"""One client connection, from greeting to goodbye.
+
+Theory of operation
+-------------------
+A session is two tasks in one ``asyncio.TaskGroup``: the *reader* feeds received bytes to
+the sans-I/O :class:`~node.protocol.ServerConnection` and carries out each command in
+order (so one sender's messages are relayed in the order it sent them); the *writer*
+takes everything queued in the :class:`~node.outbox.SendQueue` and writes it as one chunk.
+Registration (choosing a free nickname) must finish within ``register_timeout`` of the
+connect; a trickle of bytes does not extend it.  Whatever ends the session — quit, EOF,
+a fatal protocol error, a slow reader, node shutdown, a crash — one ``finally`` releases
+the nickname, leaves the rooms and closes the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import TYPE_CHECKING
+
+import structlog
+
+from . import envelope as env
+from .errors import (
+    BadArguments,
+    FatalProtocolError,
+    HubbubError,
+    NotInRoom,
+    NotRegistered,
+    ProtocolError,
+    RelayUnavailable,
+)
+from .model import (
+    Ack,
+    AskNick,
+    Bye,
+    Command,
+    Error,
+    Event,
+    Hello,
+    Help,
+    History,
+    HistoryReply,
+    Join,
+    Me,
+    Message,
+    Msg,
+    Nick,
+    Notice,
+    Part,
+    Parted,
+    Ping,
+    Pong,
+    Private,
+    Quit,
+    Rooms,
+    RoomsReply,
+    Say,
+    Welcome,
+    Who,
+    WhoReply,
+)
+from .names import check_nick, check_room, clean_text, fold_nick
+from .outbox import SendQueue
+from .protocol import ServerConnection
+
+if TYPE_CHECKING:
+    from .server import ChatNode
+
+__all__ = ["HELP", "LOBBY", "Session"]
+
+log = structlog.get_logger("hubbub.session")
+
+LOBBY = "lobby"
+
+HELP = """commands:
+/join ROOM          join a room (it becomes your current room)
+/part [ROOM]        leave a room (default: the current one)
+/msg NICK TEXT      private message, to anyone on any node
+/me TEXT            action in the current room
+/nick NEW           change your nickname
+/who [ROOM]         who is in a room, cluster-wide
+/rooms              rooms and member counts, cluster-wide
+/history [N]        the last N messages of the current room
+/ping               check the connection
+/quit [REASON]      leave (also /exit /q /close /disconnect)
+//text              say a line that starts with /"""
+
+_ids = itertools.count(1)
+
+
+class Session:
+    """A connected client.  Created and driven by :class:`~node.server.ChatNode`."""
+
+    def __init__(self, node: ChatNode, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        cfg = node.config
+        self.node = node
+        self.sid = f"{cfg.node_id}/{next(_ids)}"
+        self.conn = ServerConnection(max_line=cfg.max_line, max_buffer=cfg.max_buffer)
+        self.queue = SendQueue(cfg.send_queue_bytes, cfg.send_queue_lines)
+        self.nick = ""
+        self.folded = ""
+        self.token = ""
+        self.rooms: list[str] = []  # joined rooms; the last one is the current room
+        self.close_reason = "connection closed"
+        """Why the session ended, for the log."""
+        self.quit_reason: str | None = None
+        """The reason given with /quit, if the client quit itself."""
+        self.said_quit = False
+        self._reader = reader
+        self._writer = writer
+        self._tasks: list[asyncio.Task[None]] = []
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def registered(self) -> bool:
+        return bool(self.folded)
+
+    @property
+    def announced_reason(self) -> str | None:
+        """What the quit announcement says: the user's own reason, or why it ended."""
+        return self.quit_reason if self.said_quit else self.close_reason
+
+    @property
+    def room(self) -> str | None:
+        """The current room: the one joined last."""
+        return self.rooms[-1] if self.rooms else None
+
+    # ------------------------------------------------------------------ output
+
+    def send(self, event: Event) -> None:
+        self.send_bytes(self.conn.render(event))
+
+    def send_bytes(self, data: bytes) -> None:
+        """Queue bytes without waiting; a reader too slow to keep up is disconnected."""
+        if not self.queue.put(data) and not self.queue.closed:
+            self.node.stats.slow_consumers += 1
+            log.warning("slow consumer disconnected", queued=self.queue.size,
+                        lines=self.queue.lines)
+            self.kill("send queue exceeded")
+
+    def kill(self, reason: str) -> None:
+        """End the session now, dropping whatever is queued."""
+        self.close_reason = reason
+        self.queue.close()
+        self._writer.transport.abort()
+        for task in self._tasks:
+            task.cancel()
+
+    def shutdown(self, reason: str) -> None:
+        """Say goodbye (the queue is flushed) and stop reading: used by node shutdown."""
+        self.close_reason = reason
+        self.send(Notice(f"{reason} — reconnect to another node"))
+        self.send(Bye(reason))
+        self.queue.close()
+        if self._tasks:
+            self._tasks[0].cancel()  # the reader
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        structlog.contextvars.bind_contextvars(conn=self.sid, peer=self.peer)
+        self._writer.transport.set_write_buffer_limits(high=64 * 1024)
+        log.debug("session opened")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tasks = [tg.create_task(self._read_loop()),
+                               tg.create_task(self._write_loop())]
+        except Exception:
+            log.exception("session crashed")
+            self.close_reason = "internal error"
+        finally:
+            await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        try:
+            if self.registered:
+                async with asyncio.timeout(self.node.config.redis_timeout * 2):
+                    await asyncio.shield(self.node.unregister(self))
+        except (RelayUnavailable, TimeoutError) as exc:
+            log.warning("could not release name; its lease will expire", error=repr(exc))
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._writer.transport.abort() if self.queue.size else self._writer.close()
+            log.info("session closed", reason=self.close_reason)
+
+    async def _write_loop(self) -> None:
+        writer = self._writer
+        try:
+            while (data := await self.queue.take()) is not None:
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            self.close_reason = "connection lost"
+        finally:
+            if self._tasks and not self._tasks[0].done():
+                self._tasks[0].cancel()
+
+    async def _read_loop(self) -> None:
+        try:
+            self.send(Notice(f"welcome to hubbub (node {self.node.config.node_id})"))
+            self.send(Notice("type /help for commands, /quit to leave"))
+            self.send(AskNick())
+            try:
+                async with asyncio.timeout(self.node.config.register_timeout):
+                    while not self.registered:
+                        if not await self._receive():
+                            return
+            except TimeoutError:
+                self.close_reason = "registration timed out"
+                self.send(Error("register-timeout", "no nickname chosen in time; goodbye"))
+                return
+            while await self._receive():
+                pass
+        finally:
+            self.queue.close()
+
+    async def _receive(self) -> bool:
+        """Read once and carry out what arrived; False when the session is over."""
+        try:
+            data = await self._reader.read(65536)
+        except (ConnectionError, OSError):
+            self.close_reason = "connection lost"
+            return False
+        if data:
+            self.conn.receive_data(data)
+        else:
+            self.conn.receive_eof()
+        while (item := self.conn.next_command()) is not None:
+            if isinstance(item, FatalProtocolError):
+                self.close_reason = "protocol error"
+                self.send(Error(item.code, item.text, item.ref))
+                return False
+            if isinstance(item, ProtocolError):
+                self._refuse(item)
+                continue
+            if not await self._handle(item):
+                return False
+        return bool(data)
+
+    def _refuse(self, error: HubbubError) -> None:
+        self.send(Error(error.code, error.text, error.ref))
+        if not self.registered and self.conn.mode != "json":
+            self.send(AskNick())
+
+    # ------------------------------------------------------------------ commands
+
+    async def _handle(self, cmd: Command) -> bool:
+        """Carry out one command; False when it ends the session."""
+        if isinstance(cmd, Quit):
+            self.said_quit = True
+            self.quit_reason = clean_quit_reason(cmd.reason)
+            self.close_reason = self.quit_reason or "quit"
+            self.send(Bye("goodbye"))
+            return False
+        try:
+            if isinstance(cmd, Hello):
+                await self._hello(cmd)
+            elif isinstance(cmd, Ping):
+                self.send(Pong(cmd.ref))
+            elif isinstance(cmd, Help):
+                self.send(Notice(HELP))
+                self.send(Ack(cmd.ref))
+            elif not self.registered:
+                raise NotRegistered()
+            else:
+                await self._command(cmd)
+        except HubbubError as exc:
+            if exc.ref is None:
+                exc.ref = cmd.ref
+            self._refuse(exc)
+        return True
+
+    async def _hello(self, cmd: Hello) -> None:
+        if self.registered:
+            raise BadArguments(f"you are already registered as {self.nick}")
+        nick = check_nick(cmd.nick)
+        await self.node.register(self, nick, fold_nick(nick))
+        self.conn.registered = True
+        structlog.contextvars.bind_contextvars(nick=nick)
+        log.info("registered", mode=self.conn.mode)
+        self.send(Welcome(nick, self.node.config.node_id, (LOBBY,)))
+        if cmd.ref is not None:
+            self.send(Ack(cmd.ref))
+        await self.node.join(self, LOBBY)
+
+    def _in_room(self, raw: str | None) -> str:
+        room = check_room(raw) if raw is not None else self.room
+        if room is None:
+            raise NotInRoom("you are in no room; /join one first")
+        if room not in self.rooms:
+            raise NotInRoom(f"you are not in {room}; /join {room} first")
+        return room
+
+    async def _command(self, cmd: Command) -> None:
+        node = self.node
+        match cmd:
+            case Say() | Me():
+                room = self._in_room(cmd.room)
+                text = clean_text(cmd.text)
+                msg_id = await node.relay.say(env.RoomMsg(room, self.nick, self.sid, text,
+                                                          isinstance(cmd, Me)))
+                self.send(Ack(cmd.ref, msg_id))
+            case Join(room=raw):
+                room = check_room(raw)
+                if room in self.rooms:
+                    self.rooms.remove(room)
+                    self.rooms.append(room)
+                    self.send(Notice(f"current room is now {room}"))
+                else:
+                    await node.join(self, room)
+                self.send(Ack(cmd.ref))
+            case Part(room=raw):
+                room = self._in_room(raw)
+                await node.part(self, room)
+                self.send(Parted(room, self.nick))
+                self.send(Ack(cmd.ref))
+            case Msg(to=to, text=raw_text):
+                await self._private(check_nick(to), clean_text(raw_text), cmd.ref)
+            case Nick(nick=raw):
+                await node.rename(self, check_nick(raw))
+                self.send(Ack(cmd.ref))
+            case Who(room=raw):
+                room = check_room(raw) if raw is not None else self._in_room(None)
+                self.send(WhoReply(room, tuple(await node.relay.who(room)), cmd.ref))
+            case Rooms():
+                self.send(RoomsReply(tuple(await node.relay.rooms()), cmd.ref))
+            case History(room=raw, limit=limit):
+                room = check_room(raw) if raw is not None else self._in_room(None)
+                count = min(limit or node.config.history_default, node.config.history_limit)
+                msgs = await node.relay.history(room, count)
+                self.send(HistoryReply(room, tuple(
+                    Message(m.room, m.sender, m.text, m.id, m.ts, m.action) for m in msgs),
+                    cmd.ref))
+            case _:
+                raise BadArguments(f"{type(cmd).__name__.lower()} is not supported here")
+
+    async def _private(self, to: str, text: str, ref: str | int | None) -> None:
+        pm = await self.node.private(self, to, text)
+        if self.conn.codec.echo_own:
+            self.send(Private(pm.sender, pm.to, pm.text, pm.id, pm.ts))
+        self.send(Ack(ref, pm.id))
+
+
+def clean_quit_reason(reason: str | None) -> str | None:
+    if not reason:
+        return None
+    try:
+        return clean_text(reason)[:200]
+    except HubbubError:
+        return None

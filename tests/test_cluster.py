@@ -1,0 +1,209 @@
+"""Several nodes in one process on one fakeredis server, real TCP clients on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import fakeredis
+
+from node.server import ChatNode
+
+from .helpers import JsonClient, LineClient, json_user, running_node, text_user
+
+
+@contextlib.asynccontextmanager
+async def two_nodes(server: fakeredis.FakeServer, **overrides: object
+                    ) -> AsyncIterator[tuple[ChatNode, ChatNode]]:
+    async with running_node(server, "n1", **overrides) as a, \
+            running_node(server, "n2", **overrides) as b:
+        yield a, b
+
+
+def port(node: ChatNode) -> int:
+    assert node.port is not None
+    return node.port
+
+
+async def test_message_crosses_nodes(fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server) as (a, b):
+        alice = await text_user(port(a), "alice")
+        bob = await text_user(port(b), "bob")
+        await alice.expect("* bob joined lobby")
+        await alice.send("hello from node one")
+        assert await bob.expect("[lobby]") == "[lobby] alice: hello from node one"
+        await bob.send("/me waves")
+        assert await alice.expect("[lobby]") == "[lobby] * bob waves"
+        await bob.send("//slash at the start")
+        assert await alice.expect("[lobby]") == "[lobby] bob: /slash at the start"
+
+
+async def test_text_sender_gets_no_echo_json_sender_does(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server) as (a, b):
+        alice = await text_user(port(a), "alice")
+        carol = await json_user(port(a), "carol")
+        bob = await text_user(port(b), "bob")
+        await carol.event("join", nick="bob")
+        await alice.send("one")
+        await carol.op("say", text="two", ref=7)
+        ack = await carol.event("ack", ref=7)
+        own = await carol.event("msg", text="two")
+        assert own["id"] == ack["id"] and own["from"] == "carol"
+        assert await bob.expect("[lobby]") == "[lobby] alice: one"
+        assert await bob.expect("[lobby]") == "[lobby] carol: two"
+        # alice sees carol's line, never her own
+        assert await alice.expect("[lobby]") == "[lobby] carol: two"
+        assert "[lobby] alice: one" not in alice.seen
+
+
+async def test_ids_increase_and_every_member_sees_one_order(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server) as (a, b):
+        x = await json_user(port(a), "x")
+        y = await json_user(port(b), "y")
+        await x.event("join", nick="y")
+        for i in range(20):
+            await (x if i % 2 else y).op("say", text=f"m{i}")
+        seen_x = [(await x.event("msg"))["id"] for _ in range(20)]
+        seen_y = [(await y.event("msg"))["id"] for _ in range(20)]
+        assert seen_x == seen_y
+        assert seen_x == sorted(seen_x, key=lambda i: tuple(map(int, i.split("-"))))
+
+
+async def test_join_part_quit_announced_across_nodes(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server) as (a, b):
+        alice = await text_user(port(a), "alice")
+        bob = await text_user(port(b), "bob")
+        await alice.send("/join dev")
+        await alice.expect("* alice joined dev")
+        await bob.send("/join #Dev")
+        await alice.expect("* bob joined dev")
+        await bob.send("/part dev")
+        assert await alice.expect("* bob") == "* bob left dev"
+        await bob.send("/quit gone fishing")
+        assert await alice.expect("* bob") == "* bob quit (gone fishing)"
+        await bob.closed()
+
+
+async def test_private_message_across_nodes(fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server) as (a, b):
+        alice = await text_user(port(a), "alice")
+        bob = await json_user(port(b), "bob")
+        await alice.send("/msg BOB psst, over here")
+        pm = await bob.event("pm")
+        assert (pm["from"], pm["to"], pm["text"]) == ("alice", "bob", "psst, over here")
+        await bob.op("msg", to="alice", text="hi back", ref="r1")
+        await bob.event("ack", ref="r1")
+        assert await alice.expect("[pm]") == "[pm] bob: hi back"
+        await alice.send("/msg nobody hello?")
+        assert (await alice.expect("!")).startswith("! no-such-nick:")
+
+
+async def test_who_and_rooms_span_the_cluster(fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server) as (a, b):
+        alice = await text_user(port(a), "alice")
+        bob = await json_user(port(b), "Bob")
+        await bob.op("join", room="dev", ref=1)
+        await bob.event("ack", ref=1)
+        await alice.send("/who")
+        assert await alice.expect("* lobby:") == "* lobby: 2 users: alice, Bob"
+        await bob.op("who", room="lobby", ref=2)
+        who = await bob.event("who", ref=2)
+        assert sorted(who["nicks"]) == ["Bob", "alice"]
+        await bob.op("rooms", ref=3)
+        rooms = await bob.event("rooms", ref=3)
+        assert {(r["room"], r["members"]) for r in rooms["rooms"]} == {("lobby", 2), ("dev", 1)}
+
+
+async def test_history_returns_recent_messages_in_order(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server) as (a, b):
+        alice = await json_user(port(a), "alice")
+        for i in range(5):
+            await alice.op("say", text=f"line {i}", ref=i)
+            await alice.event("ack", ref=i)
+        bob = await json_user(port(b), "bob")
+        await bob.op("history", limit=3, ref="h")
+        hist = await bob.event("history", ref="h")
+        assert [m["text"] for m in hist["messages"]] == ["line 2", "line 3", "line 4"]
+
+
+async def test_nick_change_announced_and_folded_collision(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server) as (a, b):
+        alice = await text_user(port(a), "alice")
+        bob = await text_user(port(b), "bob")
+        await alice.expect("* bob joined")
+        await bob.send("/nick ALICE")
+        assert (await bob.expect("!")).startswith("! nick-taken:")
+        await bob.send("/nick ＡＬＩＣＥ")
+        assert (await bob.expect("!")).startswith("! nick-taken:")
+        await bob.send("/nick robert")
+        assert await alice.expect("* bob is now") == "* bob is now robert"
+        assert await bob.expect("* bob is now") == "* bob is now robert"
+        # the old name is free again, cluster-wide
+        carol = await text_user(port(a), "Bob")
+        await carol.send("hi")
+        assert await bob.expect("[lobby]") == "[lobby] Bob: hi"
+
+
+async def test_registration_refusals_then_success(fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server) as (a, b):
+        await text_user(port(a), "Alice")
+        c = await LineClient.connect(port(b))
+        await c.expect("* GET_NAME")
+        for bad, code in [("alice", "nick-taken"), ("ＡＬＩＣＥ", "nick-taken"),
+                          ("two words", "bad-nick"), ("x" * 33, "bad-nick")]:
+            await c.send(bad)
+            assert (await c.expect("!")).startswith(f"! {code}:")
+            await c.expect("* GET_NAME")
+        await c.send("alicia")
+        assert (await c.expect("* welcome")).startswith("* welcome alicia")
+
+
+async def test_nick_race_exactly_one_winner(fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server) as (a, b):
+        for trial in range(100):
+            nick = f"racer{trial}"
+            c1 = await JsonClient.connect(port(a))
+            c2 = await JsonClient.connect(port(b))
+            await asyncio.gather(c1.op("hello", nick=nick), c2.op("hello", nick=nick))
+            r1, r2 = await asyncio.gather(_outcome(c1), _outcome(c2))
+            assert sorted([r1, r2]) == ["nick-taken", "welcome"], (trial, r1, r2)
+            await c1.close()
+            await c2.close()
+
+
+async def _outcome(c: JsonClient) -> str:
+    while True:
+        obj = await c.event()
+        if obj["ev"] == "welcome":
+            return "welcome"
+        if obj["ev"] == "error":
+            return str(obj["code"])
+
+
+N_BURST = 1500  # 5 MB: more than the kernel buffers (~3 MB on loopback) for a stalled reader
+
+
+async def test_slow_reader_disconnected_others_keep_receiving(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server, send_queue_lines=50,
+                         send_queue_bytes=64 * 1024) as (a, b):
+        slow = await LineClient.connect(port(a), rcvbuf=4096)
+        slow.writer.transport.pause_reading()  # type: ignore[attr-defined]
+        await slow.send("sloth")
+        fast = await json_user(port(a), "fast")
+        talker = await json_user(port(b), "talker")
+        text = "x" * 3500
+        for i in range(N_BURST):
+            await talker.op("say", text=f"{i} {text}")
+        for i in range(N_BURST):
+            msg = await fast.event("msg")
+            assert msg["text"].startswith(f"{i} ")
+        assert a.stats.slow_consumers == 1
+        await fast.op("who", ref="w")
+        assert "sloth" not in (await fast.event("who", ref="w"))["nicks"]

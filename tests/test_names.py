@@ -1,0 +1,271 @@
+"""Tests for node.names: nickname rules and folding, room names, text sanitising."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from node.errors import BadNick, BadRoom, EmptyText
+from node.names import check_nick, check_room, clean_text, fold_nick
+
+BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+# --------------------------------------------------------------------------- nicknames
+
+
+@pytest.mark.parametrize(
+    "nick",
+    [
+        "alice",
+        "Bob_42",
+        "a",
+        "x" * 32,
+        "[away]{x}|^`-_",
+        "Ωμέγα",  # Greek
+        "Дмитрий",  # Cyrillic
+        "李小龙",  # Han
+        "مريم",  # Arabic
+        "नमस्ते",  # Devanagari, with combining marks
+        "e\u0301",  # e + combining acute accent
+        "٣٤",  # Arabic-Indic digits (Nd)
+    ],
+)
+def test_valid_nicks(nick: str) -> None:
+    assert check_nick(nick) == nick
+
+
+def test_nick_is_stripped() -> None:
+    assert check_nick("  alice \t") == "alice"
+
+
+@pytest.mark.parametrize(
+    "nick",
+    [
+        "",
+        "   ",
+        "al ice",
+        "al\tice",
+        "x" * 33,
+        "\u0301e",  # combining mark first
+        "bob\x07",  # BEL
+        "bob\x1b[31m",  # ESC
+        "bo\x85b",  # C1 control (NEL)
+        "bob\u200b",  # zero-width space (Cf)
+        "bob\u202e",  # bidi override (Cf)
+        "bob\u200d",  # zero-width joiner (Cf)
+        "😀",  # emoji (So)
+        "bob😀",
+        "a.b",
+        "a@b",
+        "a:b",
+        "#room",
+        "/nick",
+        "bob\u3164",  # Hangul filler: an invisible letter
+        "bob\ufe0f",  # variation selector: an invisible mark
+        "bob\u3000x",  # ideographic space
+    ],
+)
+def test_invalid_nicks(nick: str) -> None:
+    with pytest.raises(BadNick):
+        check_nick(nick)
+
+
+def test_bad_nick_has_code() -> None:
+    with pytest.raises(BadNick) as info:
+        check_nick("no spaces")
+    assert info.value.code == "bad-nick"
+
+
+def test_fold_equivalence() -> None:
+    fullwidth = "\uff21\uff2c\uff29\uff23\uff25"  # full-width ALICE
+    assert check_nick(fullwidth) == fullwidth
+    assert fold_nick("Alice") == fold_nick("ALICE") == fold_nick(fullwidth) == "alice"
+
+
+def test_fold_distinguishes() -> None:
+    assert fold_nick("alice") != fold_nick("alicf")
+    assert fold_nick("Straße") == fold_nick("STRASSE")
+
+
+def test_fold_normalises_composition() -> None:
+    assert fold_nick("e\u0301") == fold_nick("\u00e9")
+
+
+@given(st.text(max_size=40))
+def test_check_nick_only_raises_bad_nick_and_revalidates(raw: str) -> None:
+    try:
+        nick = check_nick(raw)
+    except BadNick:
+        return
+    assert check_nick(nick) == nick
+    assert 1 <= len(nick) <= 32
+    symbols = [ch for ch in nick if unicodedata.category(ch).startswith(("C", "Z", "S"))]
+    assert set(symbols) <= set("^`")  # the only symbols allowed (Sk); no C* or Z* at all
+
+
+@given(st.text(max_size=40))
+def test_fold_is_idempotent(raw: str) -> None:
+    assert fold_nick(fold_nick(raw)) == fold_nick(raw)
+
+
+# --------------------------------------------------------------------------- rooms
+
+
+@pytest.mark.parametrize(
+    ("raw", "room"),
+    [
+        ("lobby", "lobby"),
+        ("#Lobby", "lobby"),
+        ("  #dev-ops_2 ", "dev-ops_2"),
+        ("0day", "0day"),
+        ("r" * 32, "r" * 32),
+        ("#" + "R" * 32, "r" * 32),
+    ],
+)
+def test_valid_rooms(raw: str, room: str) -> None:
+    assert check_room(raw) == room
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "#",
+        "##lobby",
+        "a:*",
+        "[x]",
+        "*",
+        "r" * 33,
+        "_lobby",
+        "-lobby",
+        "lob by",
+        "# lobby",
+        "café",
+        "лобби",
+        "\u212a",  # Kelvin sign: str.lower() would make it "k"
+        "lob\nby",
+        "lobby.x",
+    ],
+)
+def test_invalid_rooms(raw: str) -> None:
+    with pytest.raises(BadRoom):
+        check_room(raw)
+
+
+@given(st.text(max_size=40))
+def test_check_room_only_raises_bad_room(raw: str) -> None:
+    try:
+        room = check_room(raw)
+    except BadRoom:
+        return
+    assert room.isascii()
+    assert check_room(room) == room
+
+
+# --------------------------------------------------------------------------- text
+
+
+def test_plain_text_unchanged() -> None:
+    assert clean_text("hello, world") == "hello, world"
+    assert clean_text("  padded  ") == "padded"
+
+
+def test_ansi_colour_removed_entirely() -> None:
+    assert clean_text("\x1b[1;31mred\x1b[0m text") == "red text"
+
+
+def test_other_csi_sequences_removed() -> None:
+    assert clean_text("a\x1b[2Jb\x1b[?25lc\x1b[10;20Hd") == "abcd"
+
+
+def test_8bit_csi_removed() -> None:
+    assert clean_text("a\x9b31mb") == "ab"
+
+
+def test_osc_title_removed() -> None:
+    assert clean_text("\x1b]0;pwned\x07hi") == "hi"
+    assert clean_text("\x1b]0;pwned\x1b\\hi") == "hi"
+    assert clean_text("\x1b]8;;http://evil/\x1b\\link\x1b]8;;\x1b\\") == "link"
+
+
+def test_unterminated_osc_removed_to_end() -> None:
+    assert clean_text("hi \x1b]0;title with no end") == "hi"
+
+
+def test_two_char_escapes_removed() -> None:
+    assert clean_text("a\x1bcb\x1b7c\x1b(Bd") == "abcd"
+
+
+def test_c0_c1_del_removed() -> None:
+    assert clean_text("a\x00b\x07c\x08d\x7fe\x85f\x80g\x9ah") == "abcdefgh"
+
+
+def test_8bit_string_introducers_removed_with_their_string() -> None:
+    assert clean_text("a\x9d0;title\x9cb") == "ab"
+    assert clean_text("a\x9fapc string") == "a"
+
+
+def test_cr_lf_and_separators_removed() -> None:
+    assert clean_text("one\rtwo\nthree\u2028four\u2029five") == "onetwothreefourfive"
+
+
+def test_bidi_controls_removed() -> None:
+    assert clean_text("abc\u202egpj.exe") == "abcgpj.exe"
+    for ch in BIDI:
+        assert clean_text(f"x{ch}y") == "xy"
+
+
+def test_invisible_format_characters_removed() -> None:
+    assert clean_text("a\u200bb\ufeffc\u2060d\u00ade") == "abcde"
+
+
+def test_tab_kept() -> None:
+    assert clean_text("a\tb") == "a\tb"
+
+
+def test_zwj_emoji_kept() -> None:
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+    assert clean_text(family) == family
+    heart = "\u2764\ufe0f"
+    assert clean_text(heart) == heart
+
+
+def test_non_latin_kept() -> None:
+    assert clean_text("  Привет, 世界 ") == "Привет, 世界"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["", "   ", "\x00\x01\x1b", "\x1b[31m\x1b[0m", "\u202e\u200b", "\r\n\t", "\u200d", " \u0301 "],
+)
+def test_nothing_visible_is_empty_text(raw: str) -> None:
+    with pytest.raises(EmptyText) as info:
+        clean_text(raw)
+    assert info.value.code == "empty-text"
+
+
+_noisy_text = st.text(
+    alphabet=st.one_of(
+        st.characters(),
+        st.sampled_from(["\x1b", "[", "]", "\x07", "\\", "\x9b", "\x9d", "\x9c", "\t", "\n"]),
+        st.sampled_from(sorted(BIDI)),
+    ),
+    max_size=60,
+)
+
+
+@given(_noisy_text)
+def test_clean_text_output_is_safe(raw: str) -> None:
+    try:
+        text = clean_text(raw)
+    except EmptyText:
+        return
+    for ch in text:
+        assert ch == "\t" or unicodedata.category(ch) != "Cc"
+        assert ch not in BIDI
+        assert ch not in "\u2028\u2029"
+    assert text == text.strip()
+    assert clean_text(text) == text
