@@ -75,14 +75,15 @@ def _embedded_redis(port: int) -> Iterator[None]:
         server.server_close()
 
 
-def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
-    if proc.poll() is None:
+def _stop(proc: subprocess.Popen[bytes], grace: float, *, signalled: bool = False) -> None:
+    """SIGTERM (once: a second one would force a node to skip its drain), wait, then kill."""
+    if proc.poll() is None and not signalled:
         proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -90,7 +91,7 @@ def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
     for proc in procs:
-        _stop(proc, 12)
+        _stop(proc, 12, signalled=True)
 
 
 def _node_command(port: int, redis_url: str, node_id: str, lease_ttl: float) -> list[str]:

@@ -5,18 +5,21 @@ from __future__ import annotations
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 __all__ = ["connect_redis"]
 
 
 def connect_redis(url: str, timeout: float) -> Redis:
-    """A client that fails fast: every command is bounded by ``timeout`` and not retried
-    (the relay has its own backoff), so a hung Redis never hangs a node."""
+    """A client that fails fast: every command is bounded by ``timeout`` and a timeout is
+    never retried (the relay has its own backoff), so a hung Redis never hangs a node.  A
+    broken connection is retried once at once: a pooled connection that died while idle
+    (Redis restarted, or closed it) costs one reconnect, not a failed command."""
     return Redis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         retry_on_timeout=False,
         health_check_interval=0,
     )

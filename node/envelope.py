@@ -9,6 +9,7 @@ sees is the one stored in the room's history.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -173,8 +174,14 @@ class DirectMsg:
         ts = d.get("ts")
         if not isinstance(ts, int | float) or isinstance(ts, bool):
             raise BadEnvelope("pm without a numeric ts")
+        try:
+            seconds = float(ts)
+        except OverflowError:  # an integer too large for a float
+            raise BadEnvelope("pm with an out-of-range ts") from None
+        if not math.isfinite(seconds):
+            raise BadEnvelope("pm with an out-of-range ts")
         return cls(sender=_s(d, "from"), sid=_s(d, "sid"), to=_s(d, "to"),
-                   to_folded=_s(d, "tof"), text=_s(d, "text"), id=_s(d, "id"), ts=float(ts))
+                   to_folded=_s(d, "tof"), text=_s(d, "text"), id=_s(d, "id"), ts=seconds)
 
 
 Envelope = RoomMsg | RoomJoin | RoomPart | UserQuit | NickChange | DirectMsg
@@ -201,13 +208,15 @@ def parse(data: bytes | str) -> Envelope:
     """Parse one envelope; raises :class:`BadEnvelope` for anything we cannot read."""
     try:
         d = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # too deeply nested
         raise BadEnvelope("not JSON") from exc
     if not isinstance(d, dict):
         raise BadEnvelope("not a JSON object")
-    if d.get("v") != VERSION:
-        raise BadEnvelope(f"unsupported envelope version {d.get('v')!r}")
-    cls = _KINDS.get(d.get("t"))  # type: ignore[arg-type]
+    version = d.get("v")
+    if isinstance(version, bool) or version != VERSION:  # JSON true == 1 in Python
+        raise BadEnvelope(f"unsupported envelope version {version!r}")
+    kind = d.get("t")
+    cls = _KINDS.get(kind) if isinstance(kind, str) else None  # a list/object is unhashable
     if cls is None:
         raise BadEnvelope(f"unknown envelope type {d.get('t')!r}")
     env: Envelope = cls.from_dict(d)

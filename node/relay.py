@@ -43,7 +43,7 @@ from .config import NodeConfig
 from .errors import NoSuchNick, RelayUnavailable
 from .keys import Keys
 
-__all__ = ["BusSink", "ClaimResult", "NameInfo", "Relay", "RelayStats"]
+__all__ = ["BusSink", "ClaimResult", "NameInfo", "Relay", "RelayStats", "describe"]
 
 log = structlog.get_logger("hubbub.relay")
 
@@ -132,6 +132,8 @@ class Relay:
         self._renew = s(scripts.RENEW)
         self._reap = s(scripts.REAP)
         self._publish = s(scripts.PUBLISH_MSG)
+        self._scripts = (self._claim, self._release, self._rename, self._update_info,
+                         self._renew, self._reap, self._publish)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -321,6 +323,11 @@ class Relay:
     async def subscribe_room(self, room: str) -> None:
         """Subscribe to a room's channel; returns once Redis confirmed it."""
         channel = self.keys.room_channel(room)
+        try:  # the listener may be (re)connecting right now: give it a moment
+            async with asyncio.timeout(self._cfg.redis_timeout):
+                await self._ready.wait()
+        except TimeoutError:
+            raise RelayUnavailable() from None
         self._channels.add(channel)
         pubsub = self._pubsub
         if pubsub is None:
@@ -355,6 +362,7 @@ class Relay:
         while True:
             pubsub = self._redis.pubsub()
             try:
+                await self._load_scripts()
                 await self._subscribe_all(pubsub)
                 self._pubsub = pubsub
                 self._ready.set()
@@ -371,7 +379,7 @@ class Relay:
             except Exception as exc:  # a dead listener is a deaf node: never let it die
                 self._ready.clear()
                 self._pubsub = None
-                log.warning("relay subscription lost", error=repr(exc))
+                log.warning("relay subscription lost", error=describe(exc))
                 if delays is None:
                     delays = backoff(initial=0.1, maximum=self._cfg.reconnect_max)
                 await asyncio.sleep(next(iter(delays)))
@@ -380,6 +388,13 @@ class Relay:
                 self._pubsub = None
                 with suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _load_scripts(self) -> None:
+        """Load every script up front (after each reconnect: a restarted Redis forgot them),
+        so the hot path's EVALSHA rarely meets NOSCRIPT."""
+        async with asyncio.timeout(self._cfg.redis_timeout * 2):
+            for script in self._scripts:
+                await self._redis.script_load(script.script)
 
     async def _subscribe_all(self, pubsub: PubSub) -> None:
         async with asyncio.timeout(self._cfg.redis_timeout * 2):
@@ -419,7 +434,7 @@ class Relay:
                 await self.renew()
             except RelayUnavailable as exc:
                 self.stats.renewal_failures += 1
-                log.warning("lease renewal failed", error=repr(exc.__cause__))
+                log.warning("lease renewal failed", error=describe(exc.__cause__ or exc))
             await asyncio.sleep(interval)
 
     async def renew(self) -> None:
@@ -447,7 +462,7 @@ class Relay:
             try:
                 await self.reap()
             except RelayUnavailable as exc:
-                log.warning("reaping failed", error=repr(exc.__cause__))
+                log.warning("reaping failed", error=describe(exc.__cause__ or exc))
 
     async def reap(self) -> int:
         """Release the names of nodes whose heartbeat expired; returns how many."""
@@ -490,6 +505,11 @@ def _pairs(flat: Sequence[bytes | str]) -> list[tuple[str, NameInfo]]:
         except (ValueError, KeyError):
             continue
     return out
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` (redis-py's own repr leaves the message out)."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _text(value: bytes | str) -> str:

@@ -47,7 +47,8 @@ return 0
 
 # KEYS: nicks, new lease, info, owned(node), nodes, old lease
 # ARGV: new folded, token, ttl_ms, new info_json, node_id, old folded
-# -> {1, stale info or ''} | {0, ''} (new name held by someone else)
+# -> {1, stale info or ''} | {0, ''} (new name held by someone else, or, for a new name
+#    that folds to the old one, the lease is not ours any more)
 RENAME = """
 local old = ''
 if ARGV[1] ~= ARGV[6] then
@@ -64,6 +65,8 @@ if ARGV[1] ~= ARGV[6] then
     redis.call('HDEL', KEYS[3], ARGV[6])
   end
   redis.call('SREM', KEYS[4], ARGV[6])
+elseif redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return {0, ''}  -- same name, but the lease is not ours any more: never clobber its info
 end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
 return {1, old}

@@ -66,6 +66,7 @@ class ChatNode:
         self.port: int | None = None
         self._subs: dict[str, asyncio.Task[None]] = {}
         self._conn_tasks: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._server: asyncio.Server | None = None
 
@@ -129,6 +130,11 @@ class ChatNode:
         self.stats.connections += 1
         try:
             await session.run()
+        except asyncio.CancelledError:
+            # Shutdown cancelled this connection after its grace period; the session has
+            # cleaned up.  Ending normally keeps asyncio's stream callback (3.11) from
+            # logging the cancelled task as an error.
+            pass
         finally:
             self.sessions.discard(session)
             self.by_sid.pop(session.sid, None)
@@ -191,7 +197,9 @@ class ChatNode:
     def on_lease_lost(self, folded: str) -> None:
         s = self.local.get(folded)
         if s is not None:
-            asyncio.create_task(self._reassert(s, folded))  # noqa: RUF006
+            task = asyncio.create_task(self._reassert(s, folded))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _reassert(self, s: Session, folded: str) -> None:
         """Our lease ran out (Redis was away): take the name back unless someone has it."""

@@ -63,6 +63,7 @@ from .model import (
 from .names import check_nick, check_room, clean_text, fold_nick
 from .outbox import SendQueue
 from .protocol import ServerConnection
+from .relay import describe
 
 if TYPE_CHECKING:
     from .server import ChatNode
@@ -179,15 +180,20 @@ class Session:
     async def _cleanup(self) -> None:
         try:
             if self.registered:
-                async with asyncio.timeout(self.node.config.redis_timeout * 2):
-                    await asyncio.shield(self.node.unregister(self))
-        except (RelayUnavailable, TimeoutError) as exc:
-            log.warning("could not release name; its lease will expire", error=repr(exc))
-        except asyncio.CancelledError:
-            pass
+                try:
+                    async with asyncio.timeout(self.node.config.redis_timeout * 2):
+                        # shielded: a cancelled session still leaves its rooms and frees
+                        # its name; the cancellation itself goes on after the finally
+                        await asyncio.shield(self.node.unregister(self))
+                except (RelayUnavailable, TimeoutError) as exc:
+                    log.warning("could not release name; its lease will expire",
+                                error=describe(exc))
         finally:
-            self._writer.transport.abort() if self.queue.size else self._writer.close()
-            log.info("session closed", reason=self.close_reason)
+            if self.queue.size:
+                self._writer.transport.abort()  # never wait on a reader that stopped reading
+            else:
+                self._writer.close()
+            (log.info if self.nick else log.debug)("session closed", reason=self.close_reason)
 
     async def _write_loop(self) -> None:
         writer = self._writer

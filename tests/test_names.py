@@ -103,7 +103,7 @@ def test_check_nick_only_raises_bad_nick_and_revalidates(raw: str) -> None:
     assert check_nick(nick) == nick
     assert 1 <= len(nick) <= 32
     symbols = [ch for ch in nick if unicodedata.category(ch).startswith(("C", "Z", "S"))]
-    assert set(symbols) <= set("^`")  # the only symbols allowed (Sk); no C* or Z* at all
+    assert set(symbols) <= set("^`|")  # the only symbols allowed (^ ` are Sk, | is Sm); no C* or Z*
 
 
 @given(st.text(max_size=40))

@@ -1,0 +1,133 @@
+"""Real processes for integration tests: redis-server and ``hubbub node`` subprocesses.
+
+Readiness is read from each process's own output (redis-server's "Ready to accept
+connections", the node's "relay subscribed" log event), never guessed with a sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from cli.cluster import free_port
+
+START_TIMEOUT = 15.0
+
+
+def require_binary(name: str) -> str:
+    """The binary's path; skip the test when it is missing (fail under CI=true)."""
+    path = shutil.which(name)
+    if path is None:
+        reason = f"{name} is not on PATH (install it, e.g. apt-get install {name})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
+    return path
+
+
+class Proc:
+    """A child process whose output lines are read continuously and can be waited on."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, stream: asyncio.StreamReader) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._changed = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read(stream))
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        while raw := await stream.readline():
+            async with self._changed:
+                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+                self._changed.notify_all()
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_line(self, test: Callable[[str], bool], timeout: float = START_TIMEOUT,
+                        start: int = 0) -> str:
+        async with asyncio.timeout(timeout), self._changed:
+            while True:
+                for line in self.lines[start:]:
+                    if test(line):
+                        return line
+                if self._reader.done():
+                    raise RuntimeError("process output ended:\n" + "\n".join(self.lines[-30:]))
+                await self._changed.wait()
+
+    def signal(self, sig: int) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+
+    async def stop(self, timeout: float = 15.0) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(timeout):
+                code = await self.proc.wait()
+        except TimeoutError:
+            self.proc.kill()
+            code = await self.proc.wait()
+        await self._reader
+        return code
+
+
+def log_events(proc: Proc) -> list[dict[str, Any]]:
+    out = []
+    for line in proc.lines:
+        with contextlib.suppress(ValueError):
+            out.append(json.loads(line))
+    return out
+
+
+def is_event(name: str) -> Callable[[str], bool]:
+    def test(line: str) -> bool:
+        try:
+            return bool(json.loads(line).get("event") == name)
+        except ValueError:
+            return False
+    return test
+
+
+@contextlib.asynccontextmanager
+async def redis_server(port: int | None = None) -> AsyncIterator[tuple[str, Proc]]:
+    """A throwaway redis-server on 127.0.0.1 (nothing on disk); yields its URL."""
+    binary = require_binary("redis-server")
+    port = port or free_port()
+    with tempfile.TemporaryDirectory(prefix="hubbub-test-redis-") as workdir:
+        child = await asyncio.create_subprocess_exec(
+            binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", workdir, "--loglevel", "notice",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        assert child.stdout is not None
+        proc = Proc(child, child.stdout)
+        try:
+            await proc.wait_line(lambda s: "Ready to accept connections" in s)
+            yield f"redis://127.0.0.1:{port}/0", proc
+        finally:
+            await proc.stop()
+
+
+async def start_node(redis_url: str, node_id: str, *args: str,
+                     port: int | None = None, wait_ready: bool = True
+                     ) -> tuple[Proc, int]:
+    """``hubbub node`` as a subprocess, started through the CLI; returns (proc, port)."""
+    port = port or free_port()
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli", "node", "--host", "127.0.0.1", "--port", str(port),
+        "--redis-url", redis_url, "--node-id", node_id, "--log-json", *args,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert child.stderr is not None
+    proc = Proc(child, child.stderr)
+    await proc.wait_line(is_event("node listening"))
+    if wait_ready:
+        await proc.wait_line(is_event("relay subscribed"))
+    return proc, port

@@ -1,0 +1,607 @@
+"""The Redis relay, driven directly against fakeredis (no TCP, no chat node)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import fakeredis
+import pytest
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from node import envelope as env
+from node.config import NodeConfig
+from node.errors import NoSuchNick, RelayUnavailable
+from node.relay import ClaimResult, NameInfo, Relay
+
+TIMEOUT = 5.0
+
+T = TypeVar("T")
+
+
+class Sink:
+    """Records what a relay reports; ``wait_for`` waits for a condition, never a delay."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[env.Envelope] = []
+        self.lost: list[str] = []
+        self._changed = asyncio.Event()
+
+    def on_envelope(self, envelope: env.Envelope) -> None:
+        self.envelopes.append(envelope)
+        self._changed.set()
+
+    def on_lease_lost(self, folded: str) -> None:
+        self.lost.append(folded)
+        self._changed.set()
+
+    async def wait_for(self, done: Callable[[], bool]) -> None:
+        async with asyncio.timeout(TIMEOUT):
+            while not done():
+                self._changed.clear()
+                await self._changed.wait()
+
+    def of_type(self, kind: type[T]) -> list[T]:
+        return [e for e in self.envelopes if isinstance(e, kind)]
+
+
+def config(node_id: str, **overrides: Any) -> NodeConfig:
+    return NodeConfig(node_id=node_id, lease_ttl=15.0, redis_timeout=1.0, **overrides)
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+async def make_relay(server: fakeredis.FakeServer
+                     ) -> AsyncIterator[Callable[..., tuple[Relay, Sink]]]:
+    """Builds relays on one fake Redis; closes their clients afterwards."""
+    clients: list[fakeredis.FakeAsyncRedis] = []
+
+    def make(node_id: str, **overrides: Any) -> tuple[Relay, Sink]:
+        client = fakeredis.FakeAsyncRedis(server=server)
+        clients.append(client)
+        sink = Sink()
+        return Relay(client, config(node_id, **overrides), sink), sink
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+async def raw(server: fakeredis.FakeServer) -> AsyncIterator[fakeredis.FakeAsyncRedis]:
+    """A plain client on the same fake Redis, for looking at (and tampering with) keys."""
+    client = fakeredis.FakeAsyncRedis(server=server)
+    yield client
+    await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def running(relay: Relay) -> AsyncIterator[None]:
+    """The relay's listener, renewer and reaper, in a task cancelled on exit."""
+    task = asyncio.create_task(relay.run())
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await relay.wait_ready()
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def info(relay: Relay, nick: str, rooms: tuple[str, ...] = ()) -> NameInfo:
+    return NameInfo(nick, relay.new_token(), relay.node_id, rooms)
+
+
+async def text(client: fakeredis.FakeAsyncRedis, key: str) -> str | None:
+    value = await client.get(key)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def stream_key(stream_id: str) -> tuple[int, int]:
+    ms, seq = stream_id.split("-")
+    return int(ms), int(seq)
+
+
+# --------------------------------------------------------------------------- claims
+
+
+async def test_claim_wins_once_and_another_node_cannot_take_it(make_relay: Any,
+                                                               raw: Any) -> None:
+    a, _ = make_relay("node-a")
+    b, _ = make_relay("node-b")
+    mine = info(a, "Alice")
+    assert await a.claim("alice", mine) == ClaimResult(True)
+    assert await text(raw, a.keys.lease("alice")) == mine.token
+    assert await b.claim("alice", info(b, "ALICE")) == ClaimResult(False)
+    assert await a.claim("alice", info(a, "alice")) == ClaimResult(False)  # not even twice
+    assert await text(raw, a.keys.lease("alice")) == mine.token
+    assert await a.lookup("alice") == mine
+    assert await b.lookup("nobody") is None
+
+
+async def test_one_of_100_concurrent_claims_wins(make_relay: Any) -> None:
+    a, _ = make_relay("node-a")
+    b, _ = make_relay("node-b")
+    for trial in range(5):
+        name = f"racer{trial}"
+        claims = [(a if i % 2 else b).claim(name, info(a if i % 2 else b, name))
+                  for i in range(100)]
+        results = await asyncio.gather(*claims)
+        assert sum(r.ok for r in results) == 1, trial
+
+
+async def test_release_is_compare_and_delete(make_relay: Any, raw: Any) -> None:
+    a, _ = make_relay("node-a")
+    b, _ = make_relay("node-b")
+    old = info(a, "carol")
+    assert (await a.claim("carol", old)).ok
+    # a's lease runs out (a was paused past its TTL) and b takes the name
+    await raw.delete(a.keys.lease("carol"))
+    new = info(b, "Carol")
+    assert (await b.claim("carol", new)).ok
+    await a.release("carol", old.token)  # a wakes up and releases "its" name
+    assert await text(raw, a.keys.lease("carol")) == new.token
+    assert await b.lookup("carol") == new
+    assert await raw.sismember(a.keys.nicks, "carol")
+    assert not await raw.sismember(a.keys.owned("node-a"), "carol")
+    assert await raw.sismember(a.keys.owned("node-b"), "carol")
+    # the real holder's release does delete it
+    await b.release("carol", new.token)
+    assert await raw.get(a.keys.lease("carol")) is None
+    assert await b.lookup("carol") is None
+    assert not await raw.sismember(a.keys.nicks, "carol")
+
+
+async def test_stale_claim_returns_the_old_holder(make_relay: Any, raw: Any) -> None:
+    a, _ = make_relay("node-a")
+    b, _ = make_relay("node-b")
+    old = info(a, "Dave", ("lobby", "dev"))
+    assert await a.claim("dave", old) == ClaimResult(True)
+    await raw.delete(a.keys.lease("dave"))  # expired; nobody reaped it yet
+    new = info(b, "dave")
+    assert await b.claim("dave", new) == ClaimResult(True, stale=old)
+    assert await b.lookup("dave") == new
+
+
+async def test_rename_moves_the_lease_atomically(make_relay: Any, raw: Any) -> None:
+    a, _ = make_relay("node-a")
+    b, _ = make_relay("node-b")
+    alice = info(a, "alice")
+    assert (await a.claim("alice", alice)).ok
+    assert (await b.claim("bob", info(b, "bob"))).ok
+    # a name someone holds is refused, and nothing moves
+    taken = NameInfo("Bob", alice.token, "node-a", ())
+    assert await a.rename("alice", "bob", taken) == ClaimResult(False)
+    assert await text(raw, a.keys.lease("alice")) == alice.token
+    assert (await a.lookup("bob")) != taken
+    # a free name: the old lease and info go, the new ones appear, in one step
+    alicia = NameInfo("Alicia", alice.token, "node-a", ())
+    assert await a.rename("alice", "alicia", alicia) == ClaimResult(True)
+    assert await raw.get(a.keys.lease("alice")) is None
+    assert await text(raw, a.keys.lease("alicia")) == alice.token
+    assert await a.lookup("alice") is None
+    assert await a.lookup("alicia") == alicia
+    assert {m.decode() for m in await raw.smembers(a.keys.owned("node-a"))} == {"alicia"}
+    assert not await raw.sismember(a.keys.nicks, "alice")
+    # the old name is free again, for anyone
+    assert (await b.claim("alice", info(b, "alice"))).ok
+
+
+async def test_rename_to_a_case_variant_of_the_same_name(make_relay: Any, raw: Any) -> None:
+    a, _ = make_relay("node-a")
+    alice = info(a, "alice")
+    assert (await a.claim("alice", alice)).ok
+    upper = NameInfo("ALICE", alice.token, "node-a", ())
+    assert await a.rename("alice", "alice", upper) == ClaimResult(True)
+    assert await text(raw, a.keys.lease("alice")) == alice.token
+    assert await a.lookup("alice") == upper
+
+
+async def test_renew_reports_a_vanished_lease_and_extends_the_others(make_relay: Any,
+                                                                     raw: Any) -> None:
+    a, sink = make_relay("node-a")
+    for name in ("x", "y", "z"):
+        assert (await a.claim(name, info(a, name))).ok
+    await raw.delete(a.keys.lease("x"))
+    await raw.pexpire(a.keys.lease("y"), 500)
+    await a.renew()
+    assert sink.lost == ["x"]
+    assert await raw.pttl(a.keys.lease("y")) > 10_000
+    assert await raw.pttl(a.keys.lease("z")) > 10_000
+    assert await raw.pttl(a.keys.alive("node-a")) > 10_000
+    assert await raw.sismember(a.keys.nodes, "node-a")
+    assert a.stats.leases_lost == 1
+    # a lease taken by someone else is lost too; a forgotten one is no longer renewed
+    a.forget("x")
+    await raw.set(a.keys.lease("y"), "node-b/other")
+    await a.renew()
+    assert sink.lost == ["x", "y"]
+
+
+async def test_renew_with_nothing_held_still_beats(make_relay: Any, raw: Any) -> None:
+    a, sink = make_relay("node-a")
+    await a.renew()
+    assert await raw.pttl(a.keys.alive("node-a")) > 10_000
+    assert sink.lost == []
+
+
+# --------------------------------------------------------------------------- reaping
+
+
+async def subscribe_events(raw: Any, channel: str) -> Any:
+    pubsub = raw.pubsub()
+    await pubsub.subscribe(channel)
+    async with asyncio.timeout(TIMEOUT):
+        while (await pubsub.get_message(timeout=1.0)) is None:
+            pass  # the subscribe confirmation
+    return pubsub
+
+
+async def events_until_sentinel(raw: Any, pubsub: Any, channel: str) -> list[env.Envelope]:
+    """Every envelope published on ``channel`` before a sentinel we publish now."""
+    sentinel = env.RoomJoin("sentinel", "sentinel").serialize()
+    await raw.publish(channel, sentinel)
+    out: list[env.Envelope] = []
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is None:
+                continue
+            if message["data"] == sentinel:
+                return out
+            out.append(env.parse(message["data"]))
+
+
+async def everything_stored(raw: Any) -> str:
+    """Every key and its content, as one string to search."""
+    parts = []
+    async for key in raw.scan_iter():
+        kind = (await raw.type(key)).decode()
+        if kind == "string":
+            value: Any = await raw.get(key)
+        elif kind == "hash":
+            value = await raw.hgetall(key)
+        elif kind == "set":
+            value = await raw.smembers(key)
+        elif kind == "stream":
+            value = await raw.xrange(key)
+        else:
+            value = kind
+        parts.append(f"{key!r} = {value!r}")
+    return "\n".join(parts)
+
+
+async def dead_node_with_names(a: Relay, raw: Any, count: int) -> dict[str, NameInfo]:
+    """Node a holds ``count`` names in rooms, then dies (its heartbeat key vanishes)."""
+    await a.renew()
+    held = {}
+    for i in range(count):
+        folded = f"user{i}"
+        rooms = ("lobby", "dev") if i % 2 else ("lobby",)
+        name = info(a, f"User{i}", rooms)
+        assert (await a.claim(folded, name)).ok
+        for room in rooms:
+            await a.join(room, folded, name)
+        held[folded] = name
+    assert len(await raw.hkeys(a.keys.members("lobby"))) == count
+    await raw.delete(a.keys.alive("node-a"))
+    return held
+
+
+async def test_reap_releases_every_name_of_a_dead_node_once(make_relay: Any,
+                                                            raw: Any) -> None:
+    a, _ = make_relay("node-a")
+    b, _ = make_relay("node-b")
+    await b.renew()
+    held = await dead_node_with_names(a, raw, 7)
+    events = await subscribe_events(raw, a.keys.events)
+    try:
+        assert await b.reap() == 7
+        assert await b.reap() == 0  # nothing left to do
+        quits = await events_until_sentinel(raw, events, a.keys.events)
+    finally:
+        await events.aclose()
+    assert sorted(q.nick for q in quits if isinstance(q, env.UserQuit)) == sorted(
+        i.nick for i in held.values())
+    assert len(quits) == 7
+    for q in quits:
+        assert isinstance(q, env.UserQuit)
+        assert q.reason == "connection lost"
+        assert q.rooms == next(i.rooms for i in held.values() if i.nick == q.nick)
+    for folded in held:
+        assert await raw.get(a.keys.lease(folded)) is None
+        assert await b.lookup(folded) is None
+    assert await b.who("lobby") == []
+    assert await b.who("dev") == []
+    # every name is free again, and nothing mentions the dead node
+    assert "node-a" not in await everything_stored(raw)
+    assert (await b.claim("user0", info(b, "user0"))).ok
+
+
+async def test_two_concurrent_reapers_release_each_name_exactly_once(make_relay: Any,
+                                                                     raw: Any) -> None:
+    a, _ = make_relay("node-a")
+    b, _ = make_relay("node-b")
+    c, _ = make_relay("node-c")
+    held = await dead_node_with_names(a, raw, 20)
+    events = await subscribe_events(raw, a.keys.events)
+    try:
+        released = await asyncio.gather(b.reap(), c.reap(), b.reap(), c.reap())
+        quits = await events_until_sentinel(raw, events, a.keys.events)
+    finally:
+        await events.aclose()
+    assert sum(released) == len(held)
+    assert sorted(q.nick for q in quits if isinstance(q, env.UserQuit)) == sorted(
+        i.nick for i in held.values())
+    assert len(quits) == len(held)
+    assert "node-a" not in await everything_stored(raw)
+
+
+async def test_reap_leaves_a_live_node_alone(make_relay: Any, raw: Any) -> None:
+    a, _ = make_relay("node-a")
+    b, _ = make_relay("node-b")
+    await a.renew()
+    name = info(a, "alive")
+    assert (await a.claim("alive", name)).ok
+    await a.join("lobby", "alive", NameInfo("alive", name.token, "node-a", ("lobby",)))
+    assert await b.reap() == 0
+    assert await text(raw, a.keys.lease("alive")) == name.token
+    assert await b.who("lobby") == ["alive"]
+    assert not (await b.claim("alive", info(b, "alive"))).ok
+
+
+async def test_reap_does_not_release_a_name_someone_else_took_meanwhile(
+        make_relay: Any, raw: Any) -> None:
+    a, _ = make_relay("node-a")
+    b, _ = make_relay("node-b")
+    await a.renew()
+    assert (await a.claim("eve", info(a, "eve"))).ok
+    await raw.delete(a.keys.lease("eve"))
+    eve = info(b, "Eve")
+    assert (await b.claim("eve", eve)).ok  # stale claim: b holds it now
+    await raw.delete(a.keys.alive("node-a"))
+    assert await b.reap() == 0
+    assert await b.lookup("eve") == eve
+    assert await text(raw, a.keys.lease("eve")) == eve.token
+
+
+async def test_close_removes_the_heartbeat(make_relay: Any, raw: Any) -> None:
+    a, _ = make_relay("node-a")
+    await a.renew()
+    assert await raw.exists(a.keys.alive("node-a"))
+    await a.close()
+    assert not await raw.exists(a.keys.alive("node-a"))
+    assert not await raw.sismember(a.keys.nodes, "node-a")
+
+
+# --------------------------------------------------------------------------- rooms, history
+
+
+async def test_say_returns_increasing_ids_and_history_the_last_n(make_relay: Any) -> None:
+    a, _ = make_relay("node-a")
+    ids = [await a.say(env.RoomMsg("lobby", "alice", "node-a/1", f"line {i}"))
+           for i in range(12)]
+    assert ids == sorted(ids, key=stream_key)
+    assert len(set(ids)) == 12
+    last = await a.history("lobby", 5)
+    assert [m.text for m in last] == [f"line {i}" for i in range(7, 12)]
+    assert [m.id for m in last] == ids[7:]
+    assert all(m.room == "lobby" and m.sender == "alice" and m.sid == "node-a/1"
+               for m in last)
+    assert [m.id for m in await a.history("lobby", 100)] == ids
+    assert await a.history("empty", 10) == []
+    assert a.stats.published == 12
+
+
+async def test_history_keeps_actions_and_skips_unreadable_entries(make_relay: Any,
+                                                                  raw: Any) -> None:
+    a, _ = make_relay("node-a")
+    first = await a.say(env.RoomMsg("dev", "bob", "s", "waves", action=True))
+    await raw.xadd(a.keys.history("dev"), {"e": b"garbage"})
+    await raw.xadd(a.keys.history("dev"), {"other": b"field"})
+    second = await a.say(env.RoomMsg("dev", "bob", "s", 'quote " and \\ ✓'))
+    msgs = await a.history("dev", 10)
+    assert msgs == [env.RoomMsg("dev", "bob", "s", "waves", True, first),
+                    env.RoomMsg("dev", "bob", "s", 'quote " and \\ ✓', False, second)]
+
+
+async def test_history_stream_is_capped(make_relay: Any, raw: Any) -> None:
+    a, _ = make_relay("node-a", history_max=10)
+    for i in range(300):
+        await a.say(env.RoomMsg("busy", "alice", "s", f"m{i}"))
+    # MAXLEN ~ trims approximately (whole macro nodes): bound it loosely
+    assert await raw.xlen(a.keys.history("busy")) <= 10 + 100
+    assert [m.text for m in await a.history("busy", 3)] == ["m297", "m298", "m299"]
+
+
+async def test_private_to_a_node_without_a_subscriber_raises_no_such_nick(
+        make_relay: Any) -> None:
+    a, _ = make_relay("node-a")
+    pm = env.DirectMsg("alice", "node-a/1", "bob", "bob", "psst", "pm-1", 1.0)
+    with pytest.raises(NoSuchNick):
+        await a.private(pm, "node-gone")
+    assert a.stats.published == 0
+
+
+async def test_who_and_rooms(make_relay: Any, raw: Any) -> None:
+    a, _ = make_relay("node-a")
+    b, _ = make_relay("node-b")
+    names = {"alice": info(a, "alice"), "bob": info(b, "Bob"), "carol": info(a, "carol")}
+    for folded, name in names.items():
+        relay = a if name.node == "node-a" else b
+        assert (await relay.claim(folded, name)).ok
+        await relay.join("lobby", folded, name)
+    await b.join("dev", "bob", names["bob"])
+    assert await a.who("lobby") == ["alice", "Bob", "carol"]
+    assert await b.who("dev") == ["Bob"]
+    assert await a.who("nowhere") == []
+    assert await a.rooms() == [("dev", 1), ("lobby", 3)]
+    # an emptied room disappears from the listing and from the index
+    await b.part("dev", "bob", names["bob"])
+    assert await b.rooms() == [("lobby", 3)]
+    assert not await raw.sismember(a.keys.rooms, "dev")
+    await a.leave_all("alice", "alice", ["lobby"], "bye")
+    assert await b.who("lobby") == ["Bob", "carol"]
+
+
+async def test_join_records_the_rooms_in_the_name_info(make_relay: Any) -> None:
+    a, _ = make_relay("node-a")
+    name = info(a, "alice")
+    assert (await a.claim("alice", name)).ok
+    joined = NameInfo("alice", name.token, "node-a", ("lobby", "dev"))
+    await a.join("dev", "alice", joined)
+    assert await a.lookup("alice") == joined
+    # a holder whose lease is gone cannot overwrite the info any more
+    await a.release("alice", name.token)
+    await a.join("dev", "alice", joined)
+    assert await a.lookup("alice") is None
+
+
+# --------------------------------------------------------------------------- the bus
+
+
+async def test_subscribe_room_returns_once_subscribed(make_relay: Any, raw: Any) -> None:
+    a, sink = make_relay("node-a")
+    b, _ = make_relay("node-b")
+    async with running(a):
+        assert a.ready
+        await a.subscribe_room("dev")
+        assert a.subscribed_rooms() == {"dev"}
+        # published right after: a subscription not yet confirmed would miss it
+        msg_id = await b.say(env.RoomMsg("dev", "bob", "node-b/1", "first!"))
+        await sink.wait_for(lambda: bool(sink.of_type(env.RoomMsg)))
+        assert sink.of_type(env.RoomMsg) == [
+            env.RoomMsg("dev", "bob", "node-b/1", "first!", False, msg_id)]
+        assert a.stats.received >= 1
+
+
+async def test_many_rooms_subscribed_concurrently_all_confirmed(make_relay: Any) -> None:
+    a, sink = make_relay("node-a")
+    b, _ = make_relay("node-b")
+    rooms = [f"room{i}" for i in range(20)]
+    async with running(a):
+        await asyncio.gather(*(a.subscribe_room(r) for r in rooms))
+        assert a.subscribed_rooms() == set(rooms)
+        for room in rooms:
+            await b.say(env.RoomMsg(room, "bob", "s", f"in {room}"))
+        await sink.wait_for(lambda: len(sink.of_type(env.RoomMsg)) == len(rooms))
+        assert [m.room for m in sink.of_type(env.RoomMsg)] == rooms
+
+
+async def test_events_and_private_messages_reach_the_sink(make_relay: Any) -> None:
+    a, sink = make_relay("node-a")
+    b, _ = make_relay("node-b")
+    async with running(a):
+        await b.leave_all("bob", "Bob", ["lobby"], "gone")
+        await b.rename_in_rooms("carol", "caroline", "Carol", "Caroline", ["lobby"], "node-b/2")
+        pm = env.DirectMsg("bob", "node-b/1", "alice", "alice", "psst", "pm-1", 12.5)
+        await b.private(pm, "node-a")
+        await sink.wait_for(lambda: len(sink.envelopes) == 3)
+    assert sink.envelopes == [
+        env.UserQuit("Bob", ("lobby",), "gone"),
+        env.NickChange("Carol", "Caroline", ("lobby",), "node-b/2"),
+        pm,
+    ]
+
+
+async def test_unsubscribed_room_is_not_delivered(make_relay: Any, raw: Any) -> None:
+    a, sink = make_relay("node-a")
+    b, _ = make_relay("node-b")
+    async with running(a):
+        await a.subscribe_room("dev")
+        await a.subscribe_room("ops")
+        await a.unsubscribe_room("dev")
+        assert a.subscribed_rooms() == {"ops"}
+        await b.say(env.RoomMsg("dev", "bob", "s", "unheard"))
+        await b.say(env.RoomMsg("ops", "bob", "s", "heard"))
+        await sink.wait_for(lambda: bool(sink.of_type(env.RoomMsg)))
+        assert [m.text for m in sink.of_type(env.RoomMsg)] == ["heard"]
+
+
+async def test_bad_envelopes_on_the_bus_are_dropped_and_counted(make_relay: Any,
+                                                                raw: Any) -> None:
+    a, sink = make_relay("node-a")
+    async with running(a):
+        await raw.publish(a.keys.events, b"\xff not json")
+        await raw.publish(a.keys.events, b'{"v":1,"t":["list"]}')
+        await raw.publish(a.keys.events, env.RoomJoin("lobby", "after").serialize())
+        await sink.wait_for(lambda: bool(sink.envelopes))
+        assert sink.envelopes == [env.RoomJoin("lobby", "after")]
+        assert a.stats.bad_envelopes == 2
+
+
+async def test_subscribe_room_without_a_listener_is_unavailable(make_relay: Any) -> None:
+    a, _ = make_relay("node-a")
+    with pytest.raises(RelayUnavailable):
+        await a.subscribe_room("dev")
+    assert a.subscribed_rooms() == set()
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.fixture
+async def unreachable() -> AsyncIterator[redis.asyncio.Redis]:
+    """A client for a port where nothing listens (no retries, so it fails at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = redis.asyncio.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2,
+                                 retry=Retry(NoBackoff(), 0))
+    yield client
+    await client.aclose()
+
+
+async def test_redis_failures_become_relay_unavailable(
+        unreachable: redis.asyncio.Redis) -> None:
+    relay = Relay(unreachable, config("node-a"), Sink())
+    name = info(relay, "alice")
+    calls = [
+        lambda: relay.claim("alice", name),
+        lambda: relay.release("alice", name.token),
+        lambda: relay.rename("alice", "bob", name),
+        lambda: relay.lookup("alice"),
+        lambda: relay.say(env.RoomMsg("lobby", "alice", "s", "hi")),
+        lambda: relay.who("lobby"),
+        lambda: relay.rooms(),
+        lambda: relay.history("lobby", 5),
+        lambda: relay.join("lobby", "alice", name),
+        lambda: relay.part("lobby", "alice", name),
+        lambda: relay.leave_all("alice", "alice", ["lobby"], None),
+        lambda: relay.private(env.DirectMsg("a", "s", "b", "b", "t", "i", 1.0), "node-b"),
+        relay.renew,
+        relay.reap,
+        relay.close,
+    ]
+    for call in calls:
+        with pytest.raises(RelayUnavailable) as caught:
+            await call()
+        assert not isinstance(caught.value, RedisError)
+        assert caught.value.code == "relay-unavailable"
+        assert isinstance(caught.value.__cause__, RedisError | OSError)
+
+
+async def test_rename_in_place_after_losing_the_lease_fails(make_relay: Any, raw: Any) -> None:
+    a, _ = make_relay("node-a")
+    b, _ = make_relay("node-b")
+    old = info(a, "alice")
+    assert (await a.claim("alice", old)).ok
+    await raw.delete(a.keys.lease("alice"))  # a paused past its TTL...
+    successor = info(b, "Alice")
+    assert (await b.claim("alice", successor)).ok  # ...and b took the name
+    # a's "/nick ALICE" must not overwrite b's entry (PMs would go to node-a)
+    upper = NameInfo("ALICE", old.token, "node-a", ())
+    assert await a.rename("alice", "alice", upper) == ClaimResult(False)
+    assert await a.lookup("alice") == successor
+    assert await text(raw, a.keys.lease("alice")) == successor.token

@@ -1,0 +1,252 @@
+"""One client session over real TCP, against an in-process node on fakeredis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import fakeredis
+import pytest
+
+from node.server import ChatNode
+
+from .helpers import TIMEOUT, JsonClient, LineClient, running_node, text_user
+
+
+def port(node: ChatNode) -> int:
+    assert node.port is not None
+    return node.port
+
+
+@contextlib.asynccontextmanager
+async def node_with_observer(server: fakeredis.FakeServer, **overrides: Any
+                             ) -> AsyncIterator[tuple[ChatNode, LineClient]]:
+    """A node, and "bob" in its lobby watching what others say."""
+    async with running_node(server, **overrides) as node:
+        bob = await text_user(port(node), "bob")
+        yield node, bob
+
+
+async def alice_joins(node: ChatNode, bob: LineClient, nick: str = "alice") -> LineClient:
+    alice = await text_user(port(node), nick)
+    await bob.expect(f"* {nick} joined lobby")
+    return alice
+
+
+async def read_all(client: LineClient) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    async with asyncio.timeout(TIMEOUT):
+        while chunk := await client.reader.read(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# --------------------------------------------------------------------------- framing limits
+
+
+async def test_over_long_line_is_refused_and_its_tail_never_relayed(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with node_with_observer(fake_server) as (node, bob):
+        alice = await alice_joins(node, bob)
+        line = b"A" * 5000 + b"\n"
+        for i in range(0, len(line), 100):
+            await alice.send(line[i:i + 100])
+        assert (await alice.expect("!")).startswith("! line-too-long:")
+        await alice.send("normal")
+        assert await bob.expect("[lobby]") == "[lobby] alice: normal"
+        assert not any("A" * 10 in seen for seen in bob.seen)
+        await alice.send("/ping")  # the connection is still fine
+        await alice.expect("* pong")
+
+
+async def test_twenty_kib_without_newline_closes_with_buffer_overflow(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with node_with_observer(fake_server) as (node, bob):
+        alice = await alice_joins(node, bob)
+        await alice.send(b"B" * 20 * 1024)
+        rest = (await read_all(alice)).decode()
+        errors = [line.split(":")[0] for line in rest.split("\n") if line.startswith("!")]
+        # the line is reported too long first (as trickled input would be), then fatal
+        assert errors == ["! line-too-long", "! buffer-overflow"]
+        # the name is released and the others told
+        assert await bob.expect("* alice quit") == "* alice quit (protocol error)"
+        assert not any("BBBB" in seen for seen in bob.seen)
+
+
+async def test_invalid_utf8_is_refused_and_the_connection_stays(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with node_with_observer(fake_server) as (node, bob):
+        alice = await alice_joins(node, bob)
+        await alice.send(b"caf\xe9 \xff\xfe\n")
+        assert (await alice.expect("!")).startswith("! bad-encoding:")
+        await alice.send("still here")
+        assert await bob.expect("[lobby]") == "[lobby] alice: still here"
+
+
+# --------------------------------------------------------------------------- text cleaning
+
+
+async def test_escape_bidi_and_control_characters_are_stripped_before_relaying(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with node_with_observer(fake_server) as (node, bob):
+        alice = await alice_joins(node, bob)
+        await alice.send("\x1b[31mred\x1b[0m \u202eevil\u202c \x07bell\x9b2Jok "
+                         "\x1b]0;title\x07done\u200b.")
+        assert await bob.expect("[lobby]") == "[lobby] alice: red evil bellok done."
+        await alice.send("/me \x1b[5mblinks\x1b[0m\r")
+        assert await bob.expect("[lobby]") == "[lobby] * alice blinks"
+
+
+async def test_only_control_characters_is_empty_text(fake_server: fakeredis.FakeServer) -> None:
+    async with node_with_observer(fake_server) as (node, bob):
+        alice = await alice_joins(node, bob)
+        await alice.send("\x1b[31m\x07\x01\u202e\x1b[0m")
+        assert (await alice.expect("!")).startswith("! empty-text:")
+        await alice.send("visible")
+        assert await bob.expect("[lobby]") == "[lobby] alice: visible"
+
+
+# --------------------------------------------------------------------------- registration
+
+
+async def test_registration_timeout_closes_even_with_a_partial_line(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with running_node(fake_server, register_timeout=0.5) as node:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        c = await LineClient.connect(port(node))
+        await c.expect("* GET_NAME")
+        await c.send(b"ali")  # a partial nickname, never finished
+        assert (await c.expect("!", timeout=3.0)).startswith("! register-timeout:")
+        await c.closed(timeout=3.0)
+        assert loop.time() - started < 0.5 + 2.0
+        assert node.local == {}
+
+
+async def test_commands_before_registration_in_json_mode(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with running_node(fake_server) as node:
+        c = await JsonClient.connect(port(node))
+        for ref, (op, fields) in enumerate([("join", {"room": "dev"}), ("say", {"text": "x"}),
+                                            ("who", {}), ("rooms", {}), ("part", {}),
+                                            ("nick", {"nick": "z"}),
+                                            ("msg", {"to": "bob", "text": "x"}),
+                                            ("history", {})]):
+            await c.op(op, ref=ref, **fields)
+            error = await c.event("error", ref=ref)
+            assert error["code"] == "not-registered", op
+        await c.op("ping", ref="p")
+        await c.event("pong", ref="p")
+        await c.op("hello", nick="late", ref="h")
+        await c.event("welcome", nick="late")
+        await c.event("ack", ref="h")
+
+
+# --------------------------------------------------------------------------- quitting
+
+
+@pytest.mark.parametrize(("line", "shown"), [
+    ("/quit bye now", "(bye now)"),
+    ("/QUIT   spaced  out  ", "(spaced  out)"),
+    ("/exit", ""),
+    ("/q", ""),
+    ("/close", ""),
+    ("/disconnect", ""),
+    ("q", ""),
+    ("  Q  ", ""),
+])
+async def test_quit_words_close_and_the_others_see_the_quit(
+        fake_server: fakeredis.FakeServer, line: str, shown: str) -> None:
+    async with node_with_observer(fake_server) as (node, bob):
+        alice = await alice_joins(node, bob)
+        await alice.send(line)
+        assert await alice.expect("* bye") == "* bye: goodbye"
+        await alice.closed()
+        expected = f"* alice quit {shown}".rstrip()
+        assert await bob.expect("* alice quit") == expected
+
+
+# --------------------------------------------------------------------------- rooms
+
+
+async def test_saying_after_part_is_not_in_room(fake_server: fakeredis.FakeServer) -> None:
+    async with node_with_observer(fake_server) as (node, bob):
+        alice = await alice_joins(node, bob)
+        await alice.send("/part")
+        assert await alice.expect("* alice left") == "* alice left lobby"
+        assert await bob.expect("* alice left") == "* alice left lobby"
+        await alice.send("anyone?")
+        assert (await alice.expect("!")).startswith("! not-in-room:")
+        await alice.send("/me waves")
+        assert (await alice.expect("!")).startswith("! not-in-room:")
+        await alice.send("/part lobby")
+        assert (await alice.expect("!")).startswith("! not-in-room:")
+
+
+@pytest.mark.parametrize("room", ["bad:name", "#", "-dash", "a" * 33, "über", "two words"])
+async def test_join_bad_room_name(fake_server: fakeredis.FakeServer, room: str) -> None:
+    async with node_with_observer(fake_server) as (node, bob):
+        alice = await alice_joins(node, bob)
+        await alice.send(f"/join {room}")
+        error = await alice.expect("!")
+        assert error.startswith(("! bad-room:", "! bad-args:")), error
+        if " " not in room:
+            assert error.startswith("! bad-room:")
+        await alice.send("still in the lobby")
+        assert await bob.expect("[lobby]") == "[lobby] alice: still in the lobby"
+
+
+# --------------------------------------------------------------------------- batching
+
+
+async def test_nick_and_first_line_in_one_packet(fake_server: fakeredis.FakeServer) -> None:
+    async with node_with_observer(fake_server) as (node, bob):
+        alice = await LineClient.connect(port(node))
+        await alice.expect("* GET_NAME")
+        await alice.send(b"alice\nhello\n")
+        await alice.expect("* welcome alice")
+        assert await bob.expect("* alice") == "* alice joined lobby"
+        assert await bob.expect("[lobby]") == "[lobby] alice: hello"
+
+
+SCRIPT = b"carol\nhello one\n/join dev\nin dev\n\xff\nx" + b"y" * 5000 + b"\n/quit done\n"
+
+OBSERVED = [
+    "* carol joined lobby",
+    "[lobby] carol: hello one",
+    "* carol joined dev",
+    "[dev] carol: in dev",
+    "* carol quit (done)",
+]
+
+
+async def run_script(server: fakeredis.FakeServer, chunk: int) -> tuple[list[str], list[str]]:
+    """Send SCRIPT ``chunk`` bytes at a time; return what carol and bob got."""
+    async with running_node(server) as node:
+        bob = await text_user(port(node), "bob")
+        await bob.send("/join dev")
+        await bob.expect("* bob joined dev")
+        bob.seen.clear()
+        carol = await LineClient.connect(port(node))
+        for i in range(0, len(SCRIPT), chunk):
+            await carol.send(SCRIPT[i:i + chunk])
+        got = (await read_all(carol)).decode().split("\n")
+        await bob.expect("* carol quit")
+        return got, list(bob.seen)
+
+
+async def test_byte_at_a_time_gives_the_same_session() -> None:
+    whole_carol, whole_bob = await run_script(fakeredis.FakeServer(), len(SCRIPT))
+    bytes_carol, bytes_bob = await run_script(fakeredis.FakeServer(), 1)
+    assert whole_bob == bytes_bob == OBSERVED
+    # what carol is sent directly comes in one order; bus events may interleave differently
+    assert sorted(whole_carol) == sorted(bytes_carol)
+    starts = ("!", "* welcome carol", "* bye")
+    direct = [line for line in whole_carol if line.startswith(starts)]
+    assert direct == [line for line in bytes_carol if line.startswith(starts)]
+    assert [line.split(":")[0] for line in direct] == [
+        "* welcome carol — you are in #lobby on node n1; /help lists commands",
+        "! bad-encoding", "! line-too-long", "* bye"]
