@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from .errors import HubbubError
 
@@ -82,8 +82,10 @@ class RoomMsg:
 
 
 @dataclass(frozen=True, slots=True)
-class RoomJoin:
-    kind: ClassVar[str] = "join"
+class _Membership:
+    """A join or a part: who, which room."""
+
+    kind: ClassVar[str]
     room: str
     nick: str
 
@@ -91,22 +93,18 @@ class RoomJoin:
         return _dumps({"v": VERSION, "t": self.kind, "room": self.room, "nick": self.nick})
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RoomJoin:
+    def from_dict(cls, d: dict[str, Any]) -> Self:
         return cls(room=_s(d, "room"), nick=_s(d, "nick"))
 
 
 @dataclass(frozen=True, slots=True)
-class RoomPart:
+class RoomJoin(_Membership):
+    kind: ClassVar[str] = "join"
+
+
+@dataclass(frozen=True, slots=True)
+class RoomPart(_Membership):
     kind: ClassVar[str] = "part"
-    room: str
-    nick: str
-
-    def serialize(self) -> bytes:
-        return _dumps({"v": VERSION, "t": self.kind, "room": self.room, "nick": self.nick})
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RoomPart:
-        return cls(room=_s(d, "room"), nick=_s(d, "nick"))
 
 
 @dataclass(frozen=True, slots=True)
