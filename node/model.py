@@ -56,9 +56,16 @@ class Command:
 
 @dataclass(frozen=True, slots=True)
 class Hello(Command):
-    """Register with a nickname (first line in either mode)."""
+    """Register with a nickname (first line in either mode).
+
+    ``token`` is the resume credential a previous ``welcome`` carried: with it a client
+    that lost its node takes its nickname over at once on another node, and ``rooms``
+    are rejoined without join announcements.
+    """
 
     nick: str
+    token: str | None = None
+    rooms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +119,12 @@ class Rooms(Command):
 
 @dataclass(frozen=True, slots=True)
 class History(Command):
+    """The last ``limit`` messages of a room, or (with ``after``) the first ``limit``
+    messages whose id is greater than ``after``."""
+
     room: str | None = None
     limit: int | None = None
+    after: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +169,9 @@ class Welcome(Event):
     nick: str
     node: str
     rooms: tuple[str, ...]
+    token: str | None = None
+    """Secret resume credential (JSON mode only)."""
+    resumed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,3 +260,5 @@ class Pong(Event):
 @dataclass(frozen=True, slots=True)
 class Bye(Event):
     reason: str
+    reconnect: bool = False
+    """True when the node is going away and the client should move to another node."""

@@ -483,6 +483,15 @@ class _Fields:
             raise self._bad(f"missing field {key!r} (a string)")
         return value
 
+    def opt_str_list(self, key: str) -> tuple[str, ...]:
+        value = self.obj.get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(
+                isinstance(v, str) and _encodable(v) for v in value):
+            raise self._bad(f"field {key!r} must be a list of strings")
+        return tuple(value)
+
     def opt_positive_int(self, key: str) -> int | None:
         value = self.obj.get(key)
         if value is None:
@@ -504,7 +513,8 @@ def _json_ref(obj: JsonObject) -> Ref:
 
 
 _JSON_OPS: dict[str, Callable[[_Fields], Command]] = {
-    "hello": lambda f: Hello(nick=f.req_str("nick"), ref=f.ref),
+    "hello": lambda f: Hello(nick=f.req_str("nick"), token=f.opt_str("token"),
+                             rooms=f.opt_str_list("rooms"), ref=f.ref),
     "say": lambda f: Say(text=f.req_str("text"), room=f.opt_str("room"), ref=f.ref),
     "me": lambda f: Me(text=f.req_str("text"), room=f.opt_str("room"), ref=f.ref),
     "join": lambda f: Join(room=f.req_str("room"), ref=f.ref),
@@ -514,7 +524,8 @@ _JSON_OPS: dict[str, Callable[[_Fields], Command]] = {
     "who": lambda f: Who(room=f.opt_str("room"), ref=f.ref),
     "rooms": lambda f: Rooms(ref=f.ref),
     "history": lambda f: History(
-        room=f.opt_str("room"), limit=f.opt_positive_int("limit"), ref=f.ref
+        room=f.opt_str("room"), limit=f.opt_positive_int("limit"), after=f.opt_str("after"),
+        ref=f.ref,
     ),
     "ping": lambda f: Ping(ref=f.ref),
     "help": lambda f: Help(ref=f.ref),
@@ -541,8 +552,9 @@ def _json_event(event: Event) -> JsonObject:
             return {"ev": "notice", "text": text}
         case AskNick(text=text):
             return {"ev": "ask_nick", "text": text}
-        case Welcome(nick=nick, node=node, rooms=rooms):
-            return {"ev": "welcome", "nick": nick, "node": node, "rooms": list(rooms)}
+        case Welcome(nick=nick, node=node, rooms=rooms, token=token, resumed=resumed):
+            return {"ev": "welcome", "nick": nick, "node": node, "rooms": list(rooms),
+                    "token": token, "resumed": resumed or None}
         case Message():
             return {"ev": "msg", **_message_object(event)}
         case Private(sender=sender, to=to, text=text, id=id_, ts=ts):
@@ -570,8 +582,8 @@ def _json_event(event: Event) -> JsonObject:
             return {"ev": "error", "code": code, "text": text, "ref": ref}
         case Pong(ref=ref):
             return {"ev": "pong", "ref": ref}
-        case Bye(reason=reason):
-            return {"ev": "bye", "reason": reason}
+        case Bye(reason=reason, reconnect=reconnect):
+            return {"ev": "bye", "reason": reason, "reconnect": reconnect or None}
     raise TypeError(f"cannot render {type(event).__name__} in JSON mode")
 
 

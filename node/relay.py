@@ -132,8 +132,9 @@ class Relay:
         self._renew = s(scripts.RENEW)
         self._reap = s(scripts.REAP)
         self._publish = s(scripts.PUBLISH_MSG)
+        self._resume = s(scripts.RESUME)
         self._scripts = (self._claim, self._release, self._rename, self._update_info,
-                         self._renew, self._reap, self._publish)
+                         self._renew, self._reap, self._publish, self._resume)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -175,6 +176,18 @@ class Relay:
             return ClaimResult(False)
         self._leases[folded] = info.token
         return ClaimResult(True, self._stale(old, info.token))
+
+    async def resume(self, folded: str, old_token: str, info: NameInfo) -> bool:
+        """Take a name over with the resume credential of its previous session."""
+        k = self.keys
+        async with _translated("resume"):
+            ok, _ = await self._resume(
+                keys=[k.nicks, k.lease(folded), k.info, k.owned(self.node_id), k.nodes],
+                args=[folded, old_token, info.token, self._ttl_ms, info.serialize(),
+                      self.node_id])
+        if ok:
+            self._leases[folded] = info.token
+        return bool(ok)
 
     async def rename(self, old_folded: str, new_folded: str, info: NameInfo) -> ClaimResult:
         k = self.keys
@@ -218,8 +231,9 @@ class Relay:
 
     # ------------------------------------------------------------------ rooms
 
-    async def join(self, room: str, folded: str, info: NameInfo) -> None:
-        """Record membership cluster-wide and announce it on the room's channel."""
+    async def join(self, room: str, folded: str, info: NameInfo, *,
+                   announce: bool = True) -> None:
+        """Record membership cluster-wide and (unless resuming) announce it."""
         k = self.keys
         async with _translated("join"):
             pipe = self._redis.pipeline(transaction=False)
@@ -227,7 +241,8 @@ class Relay:
             pipe.sadd(k.rooms, room)
             await self._update_info(keys=[k.info, k.lease(folded)],
                                     args=[folded, info.token, info.serialize()], client=pipe)
-            pipe.publish(k.room_channel(room), env.RoomJoin(room, info.nick).serialize())
+            if announce:
+                pipe.publish(k.room_channel(room), env.RoomJoin(room, info.nick).serialize())
             await pipe.execute()
 
     async def part(self, room: str, folded: str, info: NameInfo, *, announce: bool = True) -> None:
@@ -284,11 +299,17 @@ class Relay:
                 await self._redis.srem(k.rooms, *empty)
         return [(n, int(c)) for n, c in zip(names, counts, strict=True) if c]
 
-    async def history(self, room: str, limit: int) -> list[env.RoomMsg]:
+    async def history(self, room: str, limit: int, after: str | None = None
+                      ) -> list[env.RoomMsg]:
+        """The last ``limit`` messages, or the first ``limit`` with an id above ``after``."""
+        key = self.keys.history(room)
         async with _translated("history"):
-            entries = await self._redis.xrevrange(self.keys.history(room), count=limit)
+            if after is None:
+                entries = list(reversed(await self._redis.xrevrange(key, count=limit) or []))
+            else:
+                entries = await self._redis.xrange(key, min=f"({after}", count=limit) or []
         out: list[env.RoomMsg] = []
-        for entry_id, fields in reversed(entries or []):
+        for entry_id, fields in entries:
             try:
                 parsed = env.parse((fields or {})[b"e"])
             except (env.BadEnvelope, KeyError):

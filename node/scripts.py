@@ -10,7 +10,8 @@ so ``string.find(info, token, 1, true)`` tells whether an info entry is ours.
 
 from __future__ import annotations
 
-__all__ = ["CLAIM", "PUBLISH_MSG", "REAP", "RELEASE", "RENAME", "RENEW", "UPDATE_INFO"]
+__all__ = ["CLAIM", "PUBLISH_MSG", "REAP", "RELEASE", "RENAME", "RENEW", "RESUME",
+           "UPDATE_INFO"]
 
 # KEYS: nicks, lease, info, owned(node), nodes
 # ARGV: folded, token, ttl_ms, info_json, node_id
@@ -24,6 +25,28 @@ redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('SADD', KEYS[5], ARGV[5])
+return {1, old}
+"""
+
+# KEYS: nicks, lease, info, owned(node), nodes
+# ARGV: folded, old token, new token, ttl_ms, info_json, node_id
+# Compare-and-swap of the lease: only the holder of the old token (the resume credential
+# a client got in its welcome) may move a name to this node, whether the old lease is
+# still live (its node is dead but not yet expired) or ran out and was not reaped yet.
+# -> {1, previous info} | {0, ''} (token wrong, or the name is free or someone else's)
+RESUME = """
+local cur = redis.call('GET', KEYS[2])
+local old = redis.call('HGET', KEYS[3], ARGV[1]) or ''
+if cur then
+  if cur ~= ARGV[2] then return {0, ''} end
+elseif old == '' or not string.find(old, ARGV[2], 1, true) then
+  return {0, ''}
+end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[5])
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('SADD', KEYS[5], ARGV[6])
 return {1, old}
 """
 

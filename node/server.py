@@ -16,6 +16,7 @@ Theory of operation
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from . import envelope as env
 from .config import NodeConfig
 from .errors import NickTaken, NoSuchNick, RelayUnavailable
 from .model import (
+    Bye,
     Error,
     Event,
     Joined,
@@ -161,6 +163,17 @@ class ChatNode:
         if result.stale is not None:
             await self._bury(folded, result.stale)
 
+    async def resume(self, s: Session, nick: str, folded: str, token: str) -> bool:
+        """Take over a name with its previous session's credential; False if refused."""
+        if folded in self.local:
+            return False
+        s.token = self.relay.new_token()
+        if not await self.relay.resume(folded, token, self._info(s, nick)):
+            return False
+        s.nick, s.folded = nick, folded
+        self.local[folded] = s
+        return True
+
     async def _bury(self, folded: str, stale: NameInfo) -> None:
         """Announce the quit of a holder whose lease ran out before anyone reaped it."""
         await self.relay.leave_all(folded, stale.nick, stale.rooms, "connection lost")
@@ -214,19 +227,25 @@ class ChatNode:
         self.relay.forget(folded)
         if self.local.get(folded) is s:
             del self.local[folded]
+        for room in list(s.rooms):  # local only: the new holder keeps its membership
+            await self._leave_local(s, room)
+        s.rooms.clear()
         s.folded = ""
-        s.send(Error("nick-lost", "your nickname was taken over while the cluster "
-                                  "could not reach you; reconnect with another"))
-        s.kill("nickname lost")
+        with contextlib.suppress(RelayUnavailable):
+            await self.relay.release(folded, s.token)  # compare-and-delete: tidies only
+        s.end("nickname lost",
+              Error("nick-lost", "your nickname was taken over (resumed elsewhere, or "
+                                 "claimed while the cluster could not reach you)"),
+              Bye("nickname lost"))
 
     # ------------------------------------------------------------------ rooms
 
-    async def join(self, s: Session, room: str) -> None:
+    async def join(self, s: Session, room: str, *, announce: bool = True) -> None:
         await self._subscribed(room)
         self.rooms.setdefault(room, set()).add(s)
         s.rooms.append(room)
         try:
-            await self.relay.join(room, s.folded, self._info(s))
+            await self.relay.join(room, s.folded, self._info(s), announce=announce)
         except BaseException:
             s.rooms.remove(room)
             await self._leave_local(s, room)

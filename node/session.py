@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from typing import TYPE_CHECKING
 
 import structlog
@@ -88,6 +89,7 @@ HELP = """commands:
 //text              say a line that starts with /"""
 
 _ids = itertools.count(1)
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}", re.ASCII)
 
 
 class Session:
@@ -152,14 +154,19 @@ class Session:
         for task in self._tasks:
             task.cancel()
 
-    def shutdown(self, reason: str) -> None:
-        """Say goodbye (the queue is flushed) and stop reading: used by node shutdown."""
+    def end(self, reason: str, *farewell: Event) -> None:
+        """Send ``farewell``, stop reading and close once the queue is flushed."""
         self.close_reason = reason
-        self.send(Notice(f"{reason} — reconnect to another node"))
-        self.send(Bye(reason))
+        for event in farewell:
+            self.send(event)
         self.queue.close()
         if self._tasks:
-            self._tasks[0].cancel()  # the reader
+            self._tasks[0].cancel()  # the reader; the writer drains the queue, then stops
+
+    def shutdown(self, reason: str) -> None:
+        """Node shutdown: tell the client to move to another node, then end."""
+        self.end(reason, Notice(f"{reason} — reconnect to another node"),
+                 Bye(reason, reconnect=True))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -286,14 +293,20 @@ class Session:
         if self.registered:
             raise BadArguments(f"you are already registered as {self.nick}")
         nick = check_nick(cmd.nick)
-        await self.node.register(self, nick, fold_nick(nick))
+        folded = fold_nick(nick)
+        rooms = tuple(dict.fromkeys(check_room(r) for r in cmd.rooms)) or (LOBBY,)
+        resumed = bool(cmd.token) and await self.node.resume(self, nick, folded, cmd.token or "")
+        if not resumed:
+            await self.node.register(self, nick, folded)
         self.conn.registered = True
         structlog.contextvars.bind_contextvars(nick=nick)
-        log.info("registered", mode=self.conn.mode)
-        self.send(Welcome(nick, self.node.config.node_id, (LOBBY,)))
+        log.info("registered", mode=self.conn.mode, resumed=resumed)
+        token = self.token if self.conn.mode == "json" else None
+        self.send(Welcome(nick, self.node.config.node_id, rooms, token, resumed))
         if cmd.ref is not None:
             self.send(Ack(cmd.ref))
-        await self.node.join(self, LOBBY)
+        for room in rooms:
+            await self.node.join(self, room, announce=not resumed)
 
     def _in_room(self, raw: str | None) -> str:
         room = check_room(raw) if raw is not None else self.room
@@ -336,10 +349,12 @@ class Session:
                 self.send(WhoReply(room, tuple(await node.relay.who(room)), cmd.ref))
             case Rooms():
                 self.send(RoomsReply(tuple(await node.relay.rooms()), cmd.ref))
-            case History(room=raw, limit=limit):
+            case History(room=raw, limit=limit, after=after):
                 room = check_room(raw) if raw is not None else self._in_room(None)
                 count = min(limit or node.config.history_default, node.config.history_limit)
-                msgs = await node.relay.history(room, count)
+                if after is not None and not _STREAM_ID.fullmatch(after):
+                    raise BadArguments("'after' must be a message id like 1700000000000-0")
+                msgs = await node.relay.history(room, count, after)
                 self.send(HistoryReply(room, tuple(
                     Message(m.room, m.sender, m.text, m.id, m.ts, m.action) for m in msgs),
                     cmd.ref))

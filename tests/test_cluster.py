@@ -207,3 +207,53 @@ async def test_slow_reader_disconnected_others_keep_receiving(
         assert a.stats.slow_consumers == 1
         await fast.op("who", ref="w")
         assert "sloth" not in (await fast.event("who", ref="w"))["nicks"]
+
+
+async def test_resume_token_takes_the_name_over_on_another_node(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server) as (a, b):
+        old = await JsonClient.connect(port(a))
+        await old.op("hello", nick="Xena")
+        token = (await old.event("welcome"))["token"]
+        await old.op("join", room="dev", ref=1)
+        await old.event("ack", ref=1)
+        watcher = await json_user(port(b), "watcher")
+        await watcher.op("join", room="dev", ref=2)
+        await watcher.event("ack", ref=2)
+
+        new = await JsonClient.connect(port(b))
+        await new.op("hello", nick="xena", token="a/forged", rooms=["lobby", "dev"])
+        assert (await new.event("error"))["code"] == "nick-taken"
+        await new.op("hello", nick="xena", token=token, rooms=["lobby", "dev"])
+        welcome = await new.event("welcome")
+        assert welcome["resumed"] is True and welcome["token"] != token
+        assert welcome["rooms"] == ["lobby", "dev"]
+        # the old session learns at its node's next renewal that the name moved on
+        assert (await old.event("error"))["code"] == "nick-lost"
+        await old.closed()
+        # the new session is in both rooms, and nobody was told it joined again
+        await watcher.op("say", room="dev", text="still there?", ref=3)
+        assert (await new.event("msg", room="dev"))["text"] == "still there?"
+        await watcher.event("msg", text="still there?")
+        assert not any('"ev":"join","room":"dev","nick":"xena"' in line
+                       for line in watcher.seen)
+        await watcher.op("who", room="dev", ref=4)
+        assert (await watcher.event("who", ref=4))["nicks"] == ["watcher", "xena"]
+
+
+async def test_history_after_an_id_returns_what_came_later(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with running_node(fake_server) as a:
+        c = await json_user(port(a), "c")
+        ids = []
+        for i in range(5):
+            await c.op("say", text=f"n{i}", ref=i)
+            ids.append((await c.event("ack", ref=i))["id"])
+        await c.op("history", after=ids[1], ref="h")
+        hist = await c.event("history", ref="h")
+        assert [m["id"] for m in hist["messages"]] == ids[2:]
+        await c.op("history", after=ids[1], limit=2, ref="h2")
+        assert [m["text"] for m in (await c.event("history", ref="h2"))["messages"]] == [
+            "n2", "n3"]
+        await c.op("history", after="not-an-id", ref="h3")
+        assert (await c.event("error", ref="h3"))["code"] == "bad-args"

@@ -720,8 +720,8 @@ def _json_fields(event: Event) -> dict[str, object]:
             value = list(value)
         if value is None and not (isinstance(event, Ack) and name == "ref"):
             continue
-        if name == "action" and value is False:
-            continue
+        if name in ("action", "resumed", "reconnect") and value is False:
+            continue  # flags appear only when true
         fields[names.get(name, name)] = value
     return fields
 
@@ -882,3 +882,27 @@ def test_next_command_after_fatal_error() -> None:
     assert isinstance(conn.next_command(), BufferOverflow)
     conn.receive_data(b"\nmore\n")
     assert conn.next_command() is None
+
+
+def test_json_hello_carries_resume_token_and_rooms() -> None:
+    cmd = JSON.parse('{"op":"hello","nick":"a","token":"n1/ff","rooms":["lobby","dev"]}', False)
+    assert cmd == Hello(nick="a", token="n1/ff", rooms=("lobby", "dev"))
+    with pytest.raises(BadArguments):
+        JSON.parse('{"op":"hello","nick":"a","rooms":"lobby"}', False)
+    with pytest.raises(BadArguments):
+        JSON.parse('{"op":"hello","nick":"a","rooms":[1]}', False)
+
+
+def test_json_history_after() -> None:
+    cmd = JSON.parse('{"op":"history","room":"dev","after":"17-0","limit":50}', True)
+    assert cmd == History(room="dev", limit=50, after="17-0")
+
+
+def test_json_welcome_token_and_bye_reconnect_rendered() -> None:
+    welcome = json.loads(JSON.render(Welcome("a", "n1", ("lobby",), "n1/ff", True)))
+    assert welcome == {"ev": "welcome", "nick": "a", "node": "n1", "rooms": ["lobby"],
+                       "token": "n1/ff", "resumed": True}
+    assert json.loads(JSON.render(Bye("node shutting down", reconnect=True))) == {
+        "ev": "bye", "reason": "node shutting down", "reconnect": True}
+    # text mode never shows the credential
+    assert b"n1/ff" not in TEXT.render(Welcome("a", "n1", ("lobby",), "n1/ff", True))
