@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -101,6 +103,126 @@ def cluster(
 
     raise typer.Exit(run_cluster(nodes=nodes, base_port=base_port, redis_url=redis_url,
                                  lease_ttl=lease_ttl))
+
+
+
+
+# --------------------------------------------------------------------------- client commands
+
+_NodeOpt = Annotated[list[str] | None, typer.Option(
+    "--node", help="A node to use, host:port (repeatable; also HUBBUB_NODES=h:p,h:p) "
+    "[default: localhost:5051].", show_default=False)]
+
+
+def _addresses(given: list[str] | None) -> list[Any]:
+    from .client.state import Address
+
+    raw = list(given or [])
+    if not raw:
+        raw = [a for a in os.environ.get("HUBBUB_NODES", "").split(",") if a.strip()]
+    try:
+        return [Address.parse(a) for a in raw] or [Address("localhost", 5051)]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+@app.command()
+def connect(
+    addrs: Annotated[list[str] | None, typer.Argument(
+        help="Nodes to use, host:port; the client fails over between them.",
+        show_default=False)] = None,
+    nick: Annotated[str, typer.Option(envvar="HUBBUB_NICK", help="Your nickname.")] = "",
+    room: Annotated[list[str] | None, typer.Option(
+        "--room", help="Room to join (repeatable) [default: lobby].", show_default=False)
+                    ] = None,
+    node: _NodeOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print raw JSON events.")] = False,
+) -> None:
+    """Chat: a terminal UI, or (stdin not a terminal) send each stdin line and print events."""
+    import asyncio
+
+    if not nick:
+        raise typer.BadParameter("--nick is required (or HUBBUB_NICK)")
+    addresses = _addresses([*(addrs or []), *(node or [])])
+    rooms = list(room or ["lobby"])
+    if sys.stdin.isatty() and sys.stdout.isatty() and not json_out:
+        from .client.tui import run_interactive
+
+        raise typer.Exit(run_interactive(addresses, nick, rooms))
+    from .client.script import run_script
+
+    raise typer.Exit(asyncio.run(run_script(addresses, nick, rooms, json_out=json_out)))
+
+
+@app.command()
+def say(
+    text: Annotated[str, typer.Argument(help="The line to say.")],
+    nick: Annotated[str, typer.Option(envvar="HUBBUB_NICK", help="Nickname to say it as.")
+                    ] = "",
+    room: Annotated[str, typer.Option(help="Room to say it in.")] = "lobby",
+    node: _NodeOpt = None,
+) -> None:
+    """Say one line and exit: status 0 only once the cluster acknowledged it."""
+    import asyncio
+
+    from .client.script import say_once
+
+    if not nick:
+        raise typer.BadParameter("--nick is required (or HUBBUB_NICK)")
+    raise typer.Exit(asyncio.run(say_once(_addresses(node), nick, room, text)))
+
+
+@app.command()
+def who(
+    room: Annotated[str, typer.Argument(help="Room to list.")] = "lobby",
+    node: _NodeOpt = None,
+) -> None:
+    """Who is in a room, cluster-wide (a table)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    ev = _ask(_addresses(node), {"op": "who", "room": room})
+    table = Table(title=f"#{ev.get('room', room)}")
+    table.add_column("nick")
+    for nick in ev.get("nicks", []):
+        table.add_row(_plain_cell(nick))
+    Console().print(table)
+
+
+@app.command()
+def rooms(node: _NodeOpt = None) -> None:
+    """The cluster's rooms with their member counts (a table)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    ev = _ask(_addresses(node), {"op": "rooms"})
+    table = Table(title="rooms")
+    table.add_column("room")
+    table.add_column("members", justify="right")
+    for entry in ev.get("rooms", []):
+        table.add_row(_plain_cell(entry.get("room")), str(entry.get("members")))
+    Console().print(table)
+
+
+def _ask(addresses: list[Any], op: dict[str, Any]) -> dict[str, Any]:
+    import asyncio
+
+    from .client.connection import ClientError
+    from .client.script import query
+
+    try:
+        return asyncio.run(query(addresses, op))
+    except ClientError as exc:
+        typer.echo(f"! {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _plain_cell(value: object) -> Any:
+    from rich.text import Text
+
+    from .client.shown import safe
+
+    return Text(safe(str(value)))  # Text, not markup: wire text never becomes styling
 
 
 if __name__ == "__main__":  # pragma: no cover

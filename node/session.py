@@ -279,8 +279,8 @@ class Session:
             elif isinstance(cmd, Help):
                 self.send(Notice(HELP))
                 self.send(Ack(cmd.ref))
-            elif not self.registered:
-                raise NotRegistered()
+            elif not self.registered and not isinstance(cmd, Who | Rooms):
+                raise NotRegistered()  # /who ROOM and /rooms may look before joining
             else:
                 await self._command(cmd)
         except HubbubError as exc:

@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -41,6 +42,8 @@ class Proc:
     def __init__(self, proc: asyncio.subprocess.Process, stream: asyncio.StreamReader) -> None:
         self.proc = proc
         self.lines: list[str] = []
+        self.times: list[float] = []
+        """``time.monotonic()`` at which each line arrived."""
         self._changed = asyncio.Condition()
         self._reader = asyncio.create_task(self._read(stream))
 
@@ -48,6 +51,7 @@ class Proc:
         while raw := await stream.readline():
             async with self._changed:
                 self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+                self.times.append(time.monotonic())
                 self._changed.notify_all()
         async with self._changed:
             self._changed.notify_all()

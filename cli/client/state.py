@@ -1,0 +1,421 @@
+"""The client's state as a plain object: no sockets, no event loop, tested on its own.
+
+Theory of operation
+-------------------
+* ``handle(event)`` takes one server event (a decoded JSON object) and returns what to
+  show and which ops to send; ``command(line)`` does the same for a line the user typed.
+* Room messages are shown in id order, each once: ``last_id[room]`` is the newest id shown
+  and anything at or below it is a duplicate.
+* After every (re)connect each room is *caught up*: the client asks for the messages after
+  the last id it showed (or the recent history on a first join) and, until the answer is
+  in, holds back live messages for that room; then it shows the history and the held-back
+  messages merged in id order.  A full page asks for the next one.
+* Messages the user said that the cluster has not acknowledged stay ``pending``.  After a
+  failover the room's catch-up tells whether each got through (it shows up as the user's
+  own message); the others are sent again, so nothing is lost and nothing said twice.
+* ``next_address()`` walks the node addresses round-robin.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from .shown import Shown, safe
+
+__all__ = ["COMMANDS", "HELP", "Address", "ClientState", "Op", "id_key"]
+
+Op = dict[str, Any]
+
+COMMANDS = ("/join", "/part", "/msg", "/me", "/nick", "/who", "/rooms", "/history", "/help",
+            "/quit", "/exit", "/q", "/close", "/disconnect")
+_QUITS = {"/quit", "/exit", "/q", "/close", "/disconnect"}
+
+HELP = """/join ROOM  /part [ROOM]  /msg NICK TEXT  /me TEXT  /nick NEW  /who [ROOM]
+/rooms  /history [N]  /quit [REASON]  (//text says a line starting with /)"""
+
+CATCHUP_PAGE = 200
+RECENT = 20
+
+
+def id_key(msg_id: str) -> tuple[int, int]:
+    """Order of room message ids (``<ms>-<seq>``); unreadable ids sort first."""
+    ms, _, seq = msg_id.partition("-")
+    try:
+        return int(ms), int(seq)
+    except ValueError:
+        return (0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, default_port: int = 5051) -> Address:
+        """``host:port``, ``host``, ``:port`` or ``[v6]:port``; ValueError if malformed."""
+        text = text.strip()
+        if not text:
+            raise ValueError("empty node address")
+        host, port = text, str(default_port)
+        if text.startswith("["):
+            end = text.find("]")
+            if end < 0:
+                raise ValueError(f"bad node address {text!r}")
+            host, rest = text[1:end], text[end + 1:]
+            if rest:
+                if not rest.startswith(":"):
+                    raise ValueError(f"bad node address {text!r}")
+                port = rest[1:]
+        elif text.count(":") == 1:
+            host, port = text.split(":")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bad port in node address {text!r}")
+        return cls(host or "localhost", int(port))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(slots=True)
+class _Pending:
+    room: str
+    text: str
+    action: bool
+
+
+class ClientState:
+    """Rooms, last seen ids, pending messages and which address is next."""
+
+    def __init__(self, addresses: list[Address], nick: str,
+                 rooms: tuple[str, ...] | list[str] = ("lobby",)) -> None:
+        if not addresses:
+            raise ValueError("at least one node address is needed")
+        self.addresses = list(addresses)
+        self.address: Address | None = None
+        self._next = 0
+        self.nick = nick
+        self.token: str | None = None
+        self.node: str | None = None
+        self.rooms: list[str] = [r.lstrip("#").lower() for r in rooms] or ["lobby"]
+        self.last_id: dict[str, str] = {}
+        self.members: dict[str, set[str]] = {}
+        self.pending: dict[str, _Pending] = {}
+        self.registered = False
+        self.quitting = False
+        self._refs = itertools.count(1)
+        self._catchup: dict[str, list[dict[str, Any]]] = {}
+        self._catchup_refs: dict[str, str] = {}
+        self._seen_own: dict[str, list[str]] = {}
+        self._asked: set[str] = set()
+
+    # ------------------------------------------------------------------ addresses
+
+    def next_address(self) -> Address:
+        self.address = self.addresses[self._next % len(self.addresses)]
+        self._next += 1
+        return self.address
+
+    @property
+    def room(self) -> str | None:
+        """The current room (the one joined or chosen last)."""
+        return self.rooms[-1] if self.rooms else None
+
+    def _ref(self, kind: str) -> str:
+        return f"{kind}{next(self._refs)}"
+
+    def _is_me(self, nick: object) -> bool:
+        return isinstance(nick, str) and nick.casefold() == self.nick.casefold()
+
+    # ------------------------------------------------------------------ connection
+
+    def hello(self) -> Op:
+        """The first op on every connection: a resume when a token is known."""
+        op: Op = {"op": "hello", "nick": self.nick, "rooms": list(self.rooms)}
+        if self.token:
+            op["token"] = self.token
+        return op
+
+    def disconnected(self) -> None:
+        """Forget per-connection state; pending messages stay pending."""
+        self._catchup.clear()
+        self._catchup_refs.clear()
+        self._asked.clear()
+
+    def unsent(self) -> list[Op]:
+        """Say ops for pending messages of rooms not catching up (sent while offline)."""
+        ops = []
+        for ref, p in list(self.pending.items()):
+            if p.room not in self._catchup:
+                ops.append(self._say_op(ref, p))
+        return ops
+
+    # ------------------------------------------------------------------ events
+
+    def handle(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
+        """Take one server event; return what to show and what to send."""
+        kind = ev.get("ev")
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is None:
+            return [], []
+        shown, ops = handler(ev)
+        return shown, ops
+
+    def _on_welcome(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
+        self.nick = str(ev.get("nick", self.nick))
+        self.node = str(ev.get("node", "?"))
+        self.token = ev.get("token") or self.token
+        self.registered = True
+        rooms = [r for r in ev.get("rooms", []) if isinstance(r, str)]
+        self.rooms = rooms or self.rooms
+        ops: list[Op] = []
+        for room in self.rooms:
+            ops.extend(self._start_catchup(room))
+        how = "resumed on" if ev.get("resumed") else "connected to"
+        return [Shown("status", f"{how} {self.node} ({self.address}) as {self.nick}")], ops
+
+    def _start_catchup(self, room: str, after: str | None = None) -> list[Op]:
+        ref = self._ref("c")
+        self._catchup[room] = []
+        self._catchup_refs[ref] = room
+        after = after or self.last_id.get(room)
+        if after:  # resuming: own messages in the catch-up prove earlier sends got through
+            self._seen_own.setdefault(room, [])
+        op: Op = {"op": "history", "room": room, "ref": ref}
+        if after:
+            op.update(after=after, limit=CATCHUP_PAGE)
+        else:
+            op["limit"] = RECENT
+        who_ref = self._ref("w")
+        return [op, {"op": "who", "room": room, "ref": who_ref}]
+
+    def _on_msg(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
+        room = str(ev.get("room", ""))
+        held = self._catchup.get(room)
+        if held is not None:
+            held.append(ev)
+            return [], []
+        return self._show_messages(room, [ev], history=False), []
+
+    def _show_messages(self, room: str, events: list[dict[str, Any]],
+                       history: bool) -> list[Shown]:
+        out = []
+        for ev in sorted(events, key=lambda e: id_key(str(e.get("id", "")))):
+            msg_id = str(ev.get("id", ""))
+            last = self.last_id.get(room)
+            if last is not None and id_key(msg_id) <= id_key(last):
+                continue  # seen already
+            self.last_id[room] = msg_id
+            own = self._is_me(ev.get("from"))
+            if own and room in self._seen_own:
+                self._seen_own[room].append(str(ev.get("text", "")))
+            out.append(Shown("action" if ev.get("action") else "msg", safe(str(ev.get("text"))),
+                             room=room, nick=safe(str(ev.get("from"))), id=msg_id,
+                             ts=float(ev.get("ts") or 0), own=own, history=history))
+        return out
+
+    def _on_history(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
+        ref = str(ev.get("ref"))
+        room = str(ev.get("room", ""))
+        messages = [{**m, "room": room} for m in ev.get("messages", []) if isinstance(m, dict)]
+        if ref in self._asked:  # the user's own /history: shown, not tracked
+            self._asked.discard(ref)
+            head = Shown("notice", f"history of {room}: {len(messages)} messages")
+            return [head, *(Shown("action" if m.get("action") else "msg",
+                                  safe(str(m.get("text"))), room=room,
+                                  nick=safe(str(m.get("from"))), id=str(m.get("id")),
+                                  ts=float(m.get("ts") or 0), history=True)
+                            for m in messages)], []
+        room = self._catchup_refs.pop(ref, room)
+        held = self._catchup.get(room)
+        if held is None:
+            return [], []
+        if len(messages) >= CATCHUP_PAGE:  # more to come: show this page, ask for the next
+            shown = self._show_messages(room, messages, history=True)
+            return shown, self._start_catchup_page(room)
+        del self._catchup[room]
+        shown = self._show_messages(room, messages, history=True)
+        shown += self._show_messages(room, held, history=False)
+        return shown, self._settle_pending(room)
+
+    def _start_catchup_page(self, room: str) -> list[Op]:
+        ref = self._ref("c")
+        self._catchup_refs[ref] = room
+        return [{"op": "history", "room": room, "ref": ref, "after": self.last_id.get(room),
+                 "limit": CATCHUP_PAGE}]
+
+    def _settle_pending(self, room: str) -> list[Op]:
+        """After a catch-up: drop pending messages that got through, resend the others."""
+        seen = self._seen_own.pop(room, [])
+        ops = []
+        for ref, p in list(self.pending.items()):
+            if p.room != room:
+                continue
+            if p.text in seen:
+                seen.remove(p.text)
+                del self.pending[ref]
+            else:
+                ops.append(self._say_op(ref, p))
+        return ops
+
+    def _on_ack(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
+        self.pending.pop(str(ev.get("ref")), None)
+        return [], []
+
+    def _on_error(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
+        ref = str(ev.get("ref"))
+        code = str(ev.get("code", "error"))
+        text = safe(str(ev.get("text", "")))
+        shown = []
+        p = self.pending.pop(ref, None)
+        if p is not None:
+            text = f"not sent ({text}): {safe(p.text)}"
+        room = self._catchup_refs.pop(ref, None)
+        ops: list[Op] = []
+        if room is not None:  # catch-up refused (e.g. no longer in the room): stop holding
+            held = self._catchup.pop(room, [])
+            shown += self._show_messages(room, held, history=False)
+            ops = self._settle_pending(room)
+        self._asked.discard(ref)
+        return [Shown("error", text, code=code), *shown], ops
+
+    def _on_pm(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
+        sender = str(ev.get("from", ""))
+        return [Shown("pm", safe(str(ev.get("text", ""))), nick=safe(sender),
+                      to=safe(str(ev.get("to", ""))), id=str(ev.get("id")),
+                      ts=float(ev.get("ts") or 0), own=self._is_me(sender))], []
+
+    def _on_join(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
+        room, nick = str(ev.get("room", "")), str(ev.get("nick", ""))
+        self.members.setdefault(room, set()).add(nick)
+        ops: list[Op] = []
+        if self._is_me(nick) and room not in self.rooms:
+            self.rooms.append(room)
+            ops = self._start_catchup(room)
+        return [Shown("join", room=room, nick=safe(nick), own=self._is_me(nick))], ops
+
+    def _on_part(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
+        room, nick = str(ev.get("room", "")), str(ev.get("nick", ""))
+        self.members.get(room, set()).discard(nick)
+        if self._is_me(nick) and room in self.rooms:
+            self.rooms.remove(room)
+            self.last_id.pop(room, None)
+        return [Shown("part", room=room, nick=safe(nick), own=self._is_me(nick))], []
+
+    def _on_quit(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
+        nick = str(ev.get("nick", ""))
+        for members in self.members.values():
+            members.discard(nick)
+        return [Shown("quit", safe(str(ev.get("reason") or "")), nick=safe(nick))], []
+
+    def _on_nick(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
+        old, new = str(ev.get("old", "")), str(ev.get("new", ""))
+        for members in self.members.values():
+            if old in members:
+                members.discard(old)
+                members.add(new)
+        own = self._is_me(old)
+        if own:
+            self.nick = new
+        return [Shown("nick", safe(new), nick=safe(old), own=own)], []
+
+    def _on_who(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
+        room = str(ev.get("room", ""))
+        nicks = [n for n in ev.get("nicks", []) if isinstance(n, str)]
+        self.members[room] = set(nicks)
+        ref = str(ev.get("ref"))
+        if ref not in self._asked:
+            return [], []
+        self._asked.discard(ref)
+        return [Shown("notice", f"{room}: {len(nicks)} users: " + ", ".join(map(safe, nicks)),
+                      room=room)], []
+
+    def _on_rooms(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
+        self._asked.discard(str(ev.get("ref")))
+        rooms = [r for r in ev.get("rooms", []) if isinstance(r, dict)]
+        listing = ", ".join(f"{safe(str(r.get('room')))} ({r.get('members')})" for r in rooms)
+        return [Shown("notice", f"{len(rooms)} rooms: {listing}")], []
+
+    def _on_notice(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
+        return [Shown("notice", safe(str(ev.get("text", ""))))], []
+
+    # ------------------------------------------------------------------ user input
+
+    def _say_op(self, ref: str, p: _Pending) -> Op:
+        return {"op": "me" if p.action else "say", "room": p.room, "text": p.text, "ref": ref}
+
+    def command(self, line: str) -> tuple[list[Shown], list[Op]]:
+        """A line the user typed: text to say, or a /command."""
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            return [], []
+        if line.startswith("//") or not line.startswith("/"):
+            return self._say(line[1:] if line.startswith("//") else line, action=False)
+        word, _, rest = line.partition(" ")
+        word, rest = word.lower(), rest.strip()
+        if word in _QUITS:
+            self.quitting = True
+            return [], [{"op": "quit", **({"reason": rest} if rest else {})}]
+        if word == "/me":
+            return self._say(rest, action=True) if rest else _usage("/me TEXT")
+        if word == "/help":
+            return [Shown("notice", HELP)], []
+        if word == "/join":
+            if not rest:
+                return _usage("/join ROOM")
+            room = rest.split()[0].lstrip("#").lower()
+            if room in self.rooms:  # already in it: make it the current room
+                self.rooms.remove(room)
+                self.rooms.append(room)
+                return [Shown("notice", f"current room is now {room}")], []
+            return [], [{"op": "join", "room": room, "ref": self._ref("j")}]
+        if word == "/part":
+            target = rest.split()[0] if rest else self.room
+            if target is None:
+                return _usage("/part [ROOM]")
+            return [], [{"op": "part", "room": target, "ref": self._ref("p")}]
+        if word == "/msg":
+            to, _, text = rest.partition(" ")
+            if not to or not text.strip():
+                return _usage("/msg NICK TEXT")
+            return [], [{"op": "msg", "to": to, "text": text, "ref": self._ref("m")}]
+        if word == "/nick":
+            return ([], [{"op": "nick", "nick": rest.split()[0], "ref": self._ref("n")}]) \
+                if rest else _usage("/nick NEW")
+        if word in ("/who", "/rooms", "/history"):
+            return self._ask(word, rest)
+        return [Shown("error", f"unknown command {safe(word)}; /help lists them",
+                      code="unknown-command")], []
+
+    def _ask(self, word: str, rest: str) -> tuple[list[Shown], list[Op]]:
+        ref = self._ref("a")
+        self._asked.add(ref)
+        if word == "/rooms":
+            return [], [{"op": "rooms", "ref": ref}]
+        if word == "/who":
+            room = rest.split()[0] if rest else self.room
+            return [], [{"op": "who", "ref": ref, **({"room": room} if room else {})}]
+        op: Op = {"op": "history", "ref": ref, "room": self.room}
+        if rest:
+            if not rest.isdigit() or int(rest) < 1:
+                self._asked.discard(ref)
+                return _usage("/history [N]")
+            op["limit"] = int(rest)
+        return [], [op]
+
+    def _say(self, text: str, action: bool) -> tuple[list[Shown], list[Op]]:
+        room = self.room
+        if room is None:
+            return [Shown("error", "you are in no room; /join one", code="not-in-room")], []
+        ref = self._ref("s")
+        p = _Pending(room, text, action)
+        self.pending[ref] = p
+        if room in self._catchup:  # sent once the room is caught up
+            return [], []
+        return [], [self._say_op(ref, p)]
+
+
+def _usage(text: str) -> tuple[list[Shown], list[Op]]:
+    return [Shown("error", f"usage: {text}", code="bad-args")], []
