@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.integration.test_failover import failover_once  # noqa: E402
+from tests.integration.test_failover import failover_once
 
 
 async def main() -> None:

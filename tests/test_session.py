@@ -131,13 +131,19 @@ async def test_commands_before_registration_in_json_mode(
     async with running_node(fake_server) as node:
         c = await JsonClient.connect(port(node))
         for ref, (op, fields) in enumerate([("join", {"room": "dev"}), ("say", {"text": "x"}),
-                                            ("who", {}), ("rooms", {}), ("part", {}),
-                                            ("nick", {"nick": "z"}),
+                                            ("part", {}), ("nick", {"nick": "z"}),
                                             ("msg", {"to": "bob", "text": "x"}),
                                             ("history", {})]):
             await c.op(op, ref=ref, **fields)
             error = await c.event("error", ref=ref)
             assert error["code"] == "not-registered", op
+        # looking is allowed before joining: who (of a named room) and rooms
+        await c.op("who", room="lobby", ref="w")
+        assert (await c.event("who", ref="w"))["nicks"] == []
+        await c.op("rooms", ref="r")
+        await c.event("rooms", ref="r")
+        await c.op("who", ref="w2")  # no room named, and in none: nothing to show
+        assert (await c.event("error", ref="w2"))["code"] == "not-in-room"
         await c.op("ping", ref="p")
         await c.event("pong", ref="p")
         await c.op("hello", nick="late", ref="h")

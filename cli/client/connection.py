@@ -22,7 +22,7 @@ from typing import Any
 
 from node.backoff import backoff
 
-from .shown import Shown
+from .shown import Shown, safe
 from .state import Address, ClientState, Op
 
 __all__ = ["ChatClient", "ClientError"]
@@ -158,9 +158,11 @@ class ChatClient:
                 if ev.get("ev") == "error":
                     code = str(ev.get("code"))
                     if code in _FATAL:
-                        raise ClientError(code, str(ev.get("text", "")))
+                        raise ClientError(safe(code), safe(str(ev.get("text", ""))))
                     raise ConnectionError(f"{code}: {ev.get('text', '')}")
         self.connected = True
+        if self.state.quitting:  # the user quit while we were connecting
+            self._send({"op": "quit"})
         self._dispatch(ev)
         for op in self.state.unsent():
             self._send(op)

@@ -53,7 +53,12 @@ def safe(text: str) -> str:
 
 
 def plain(item: Shown) -> str:
-    """One line of plain text for ``item`` (scripts; the text-mode line formats)."""
+    """One line of plain text for ``item`` (scripts; the text-mode line formats).  Every
+    field goes through :func:`safe` here, whatever its origin."""
+    return safe(_plain(item))
+
+
+def _plain(item: Shown) -> str:
     match item.kind:
         case "msg":
             return f"[{item.room}] {item.nick}: {item.text}"

@@ -110,6 +110,7 @@ class ClientState:
         self._catchup_refs: dict[str, str] = {}
         self._seen_own: dict[str, list[str]] = {}
         self._asked: set[str] = set()
+        self._synced: set[str] = set()
 
     # ------------------------------------------------------------------ addresses
 
@@ -165,7 +166,7 @@ class ClientState:
 
     def _on_welcome(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
         self.nick = str(ev.get("nick", self.nick))
-        self.node = str(ev.get("node", "?"))
+        self.node = safe(str(ev.get("node", "?")))
         self.token = ev.get("token") or self.token
         self.registered = True
         rooms = [r for r in ev.get("rooms", []) if isinstance(r, str)]
@@ -180,7 +181,8 @@ class ClientState:
         ref = self._ref("c")
         self._catchup[room] = []
         self._catchup_refs[ref] = room
-        after = after or self.last_id.get(room)
+        # a room caught up before is resumed from the last id shown ("0-0": it had none)
+        after = after or self.last_id.get(room) or ("0-0" if room in self._synced else None)
         if after:  # resuming: own messages in the catch-up prove earlier sends got through
             self._seen_own.setdefault(room, [])
         op: Op = {"op": "history", "room": room, "ref": ref}
@@ -226,7 +228,8 @@ class ClientState:
             return [head, *(Shown("action" if m.get("action") else "msg",
                                   safe(str(m.get("text"))), room=room,
                                   nick=safe(str(m.get("from"))), id=str(m.get("id")),
-                                  ts=float(m.get("ts") or 0), history=True)
+                                  ts=float(m.get("ts") or 0), history=True,
+                                  own=self._is_me(m.get("from")))
                             for m in messages)], []
         room = self._catchup_refs.pop(ref, room)
         held = self._catchup.get(room)
@@ -236,6 +239,7 @@ class ClientState:
             shown = self._show_messages(room, messages, history=True)
             return shown, self._start_catchup_page(room)
         del self._catchup[room]
+        self._synced.add(room)
         shown = self._show_messages(room, messages, history=True)
         shown += self._show_messages(room, held, history=False)
         return shown, self._settle_pending(room)
@@ -301,7 +305,9 @@ class ClientState:
         self.members.get(room, set()).discard(nick)
         if self._is_me(nick) and room in self.rooms:
             self.rooms.remove(room)
+            self.members.pop(room, None)
             self.last_id.pop(room, None)
+            self._synced.discard(room)
         return [Shown("part", room=room, nick=safe(nick), own=self._is_me(nick))], []
 
     def _on_quit(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
@@ -339,7 +345,8 @@ class ClientState:
         return [Shown("notice", f"{len(rooms)} rooms: {listing}")], []
 
     def _on_notice(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
-        return [Shown("notice", safe(str(ev.get("text", ""))))], []
+        lines = str(ev.get("text", "")).split("\n")  # one item a line: \n is not content
+        return [Shown("notice", safe(line)) for line in lines], []
 
     # ------------------------------------------------------------------ user input
 

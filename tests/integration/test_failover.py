@@ -7,6 +7,7 @@ import re
 import signal
 import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -66,7 +67,8 @@ async def failover_once(sig: int = signal.SIGKILL, before: int = 5, during: int 
             assert "alice" in (await bob.event("who", ref="w"))["nicks"]
             child.stdin.write(b"back on B\n")
             await child.stdin.drain()
-            assert (await bob.event("msg", **{"from": "alice"}))["text"] == "back on B"
+            from_alice: dict[str, Any] = {"from": "alice"}
+            assert (await bob.event("msg", **from_alice))["text"] == "back on B"
             child.stdin.close()
             async with asyncio.timeout(15):
                 assert await child.wait() == 0

@@ -1,0 +1,164 @@
+"""The client's state as a plain object: no sockets, no event loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cli.client.shown import Shown, plain, safe
+from cli.client.state import CATCHUP_PAGE, Address, ClientState, id_key
+
+A, B = Address("a", 1), Address("b", 2)
+
+
+def welcomed(state: ClientState, **extra: Any) -> list[dict[str, Any]]:
+    _, ops = state.handle({"ev": "welcome", "nick": state.nick, "node": "n1",
+                           "rooms": state.rooms, "token": "n1/t", **extra})
+    return ops
+
+
+def msg(room: str, sender: str, text: str, id_: str) -> dict[str, Any]:
+    return {"ev": "msg", "room": room, "from": sender, "text": text, "id": id_, "ts": 1.0}
+
+
+def texts(shown: list[Shown]) -> list[str]:
+    return [s.text for s in shown if s.kind in ("msg", "action")]
+
+
+def history_reply(op: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"ev": "history", "room": op["room"], "ref": op["ref"],
+            "messages": [{k: v for k, v in m.items() if k not in ("ev", "room")}
+                         for m in messages]}
+
+
+def test_addresses_parse_and_rotate() -> None:
+    assert Address.parse("h:7") == Address("h", 7)
+    assert Address.parse("h") == Address("h", 5051)
+    assert Address.parse(":9") == Address("localhost", 9)
+    assert Address.parse("[::1]:5") == Address("::1", 5)
+    assert str(Address("::1", 5)) == "[::1]:5"
+    for bad in ("", "h:x", "h:0", "h:70000", "[::1", "[::1]x"):
+        with pytest.raises(ValueError):
+            Address.parse(bad)
+    s = ClientState([A, B], "me")
+    assert [s.next_address() for _ in range(3)] == [A, B, A]
+
+
+def test_ids_order_numerically() -> None:
+    assert id_key("10-0") > id_key("9-5") > id_key("9-4")
+    assert id_key("garbage") == (0, 0)
+
+
+def test_hello_resumes_once_a_token_is_known() -> None:
+    s = ClientState([A], "me", ["lobby", "dev"])
+    assert s.hello() == {"op": "hello", "nick": "me", "rooms": ["lobby", "dev"]}
+    welcomed(s)
+    assert s.hello()["token"] == "n1/t"
+
+
+def test_first_welcome_fetches_recent_history_and_members() -> None:
+    s = ClientState([A], "me")
+    ops = welcomed(s)
+    assert [o["op"] for o in ops] == ["history", "who"]
+    assert "after" not in ops[0] and ops[0]["limit"] > 0
+
+
+def test_live_messages_wait_for_the_catch_up_then_merge_in_order_once() -> None:
+    s = ClientState([A], "me")
+    hist, _ = welcomed(s)
+    # live messages arrive before the history answer: held back
+    assert s.handle(msg("lobby", "bob", "three", "3-0")) == ([], [])
+    assert s.handle(msg("lobby", "bob", "two", "2-0")) == ([], [])
+    shown, _ = s.handle(history_reply(hist, [msg("lobby", "bob", "one", "1-0"),
+                                             msg("lobby", "bob", "two", "2-0")]))
+    assert texts(shown) == ["one", "two", "three"]
+    # a duplicate of something shown is dropped, a new one shown
+    assert texts(s.handle(msg("lobby", "bob", "two", "2-0"))[0]) == []
+    assert texts(s.handle(msg("lobby", "bob", "four", "4-0"))[0]) == ["four"]
+
+
+def test_reconnect_catches_up_after_the_last_id_in_pages() -> None:
+    s = ClientState([A, B], "me")
+    hist, _ = welcomed(s)
+    s.handle(history_reply(hist, [msg("lobby", "bob", "m1", "1-0")]))
+    s.disconnected()
+    ops = welcomed(s, resumed=True)
+    assert ops[0]["after"] == "1-0"
+    page = [msg("lobby", "bob", f"p{i}", f"{i + 2}-0") for i in range(CATCHUP_PAGE)]
+    shown, more = s.handle(history_reply(ops[0], page))
+    assert len(texts(shown)) == CATCHUP_PAGE
+    assert more[0]["after"] == f"{CATCHUP_PAGE + 1}-0"
+    s.handle(msg("lobby", "bob", "live", f"{CATCHUP_PAGE + 9}-0"))  # held: still paging
+    shown, _ = s.handle(history_reply(more[0], [msg("lobby", "bob", "last", "999-0")]))
+    assert texts(shown) == ["last"]  # 'live' (id 209-0) is older than 999-0: a duplicate
+
+
+def test_pending_messages_resent_only_if_the_catch_up_does_not_show_them() -> None:
+    s = ClientState([A, B], "me")
+    hist, _ = welcomed(s)
+    s.handle(history_reply(hist, []))
+    _, ops1 = s.command("got through")
+    s.command("lost in flight")
+    assert len(s.pending) == 2 and ops1[0]["op"] == "say"
+    s.disconnected()  # node died before either ack arrived
+    ops = welcomed(s, resumed=True)
+    shown, resend = s.handle(history_reply(ops[0], [msg("lobby", "me", "got through", "5-0")]))
+    assert texts(shown) == ["got through"] and shown[0].own
+    assert [o["text"] for o in resend] == ["lost in flight"]
+    s.handle({"ev": "ack", "ref": resend[0]["ref"], "id": "6-0"})
+    assert not s.pending
+
+
+def test_a_fresh_join_does_not_mistake_old_lines_for_delivery() -> None:
+    s = ClientState([A], "bot")
+    s.command("deploy done")  # said before the first welcome (scripts do this)
+    hist, _ = welcomed(s)
+    _, resend = s.handle(history_reply(hist, [msg("lobby", "bot", "deploy done", "1-0")]))
+    assert [o["text"] for o in resend] == ["deploy done"]
+
+
+def test_commands_become_ops() -> None:
+    s = ClientState([A], "me")
+    hist, _ = welcomed(s)
+    assert s.command("held back")[1] == []  # said while the room catches up: sent after
+    _, resend = s.handle(history_reply(hist, []))
+    assert [o["text"] for o in resend] == ["held back"]
+    assert s.command("//slash")[1][0]["text"] == "/slash"
+    assert s.command("/me waves")[1][0]["op"] == "me"
+    pm = s.command("/msg bob hi  there")[1][0]
+    assert (pm["op"], pm["to"], pm["text"]) == ("msg", "bob", "hi  there")
+    assert s.command("/join #Dev")[1][0]["room"] == "dev"
+    assert s.command("/who")[1][0]["room"] == "lobby"
+    assert s.command("/history 5")[1][0]["limit"] == 5
+    assert s.command("/quit bye")[1] == [{"op": "quit", "reason": "bye"}] and s.quitting
+    for bad in ("/msg bob", "/join", "/nick", "/history x", "/nope"):
+        shown, ops = s.command(bad)
+        assert shown[0].kind == "error" and not ops
+
+
+def test_membership_follows_events() -> None:
+    s = ClientState([A], "me")
+    welcomed(s)
+    s.handle({"ev": "who", "room": "lobby", "nicks": ["me", "bob"], "ref": "w"})
+    s.handle({"ev": "join", "room": "lobby", "nick": "eve"})
+    s.handle({"ev": "nick", "old": "bob", "new": "robert"})
+    s.handle({"ev": "quit", "nick": "eve"})
+    assert s.members["lobby"] == {"me", "robert"}
+    _, ops = s.handle({"ev": "join", "room": "dev", "nick": "me"})
+    assert s.room == "dev" and ops[0]["op"] == "history"
+    s.handle({"ev": "part", "room": "dev", "nick": "me"})
+    assert s.room == "lobby"
+    s.handle({"ev": "nick", "old": "me", "new": "me2"})
+    assert s.nick == "me2"
+
+
+def test_wire_text_is_neutralised_again() -> None:
+    s = ClientState([A], "me")
+    hist, _ = welcomed(s)
+    s.handle(history_reply(hist, []))
+    shown, _ = s.handle(msg("lobby", "b\x1b[31mob", "hi\x1b]0;pwned\x07\u202e", "1-0"))
+    assert "\x1b" not in shown[0].text and "\u202e" not in shown[0].text
+    assert "\x1b" not in shown[0].nick  # type: ignore[operator]
+    assert safe("emoji 👩\u200d💻\tok") == "emoji 👩\u200d💻\tok"
+    assert plain(shown[0]).startswith("[lobby] b")
