@@ -102,6 +102,7 @@ def _node_command(port: int, redis_url: str, node_id: str, lease_ttl: float) -> 
 def run_cluster(*, nodes: int, base_port: int, redis_url: str | None, lease_ttl: float) -> int:
     for port in range(base_port, base_port + nodes):
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the nodes will
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
@@ -148,10 +149,15 @@ def run_cluster(*, nodes: int, base_port: int, redis_url: str | None, lease_ttl:
             typer.echo(f"  node{i + 1}: nc localhost {base_port + i}")
         typer.echo("Connect with nc (or telnet) to any node, type a nickname, then chat.")
         typer.echo("Press Ctrl+C to stop the cluster.")
+        reported: set[int] = set()
         while not stop.wait(0.5):
-            dead = [i for i, p in enumerate(procs) if p.poll() is not None]
-            if dead:
-                typer.echo(f"node{dead[0] + 1} exited; stopping the cluster", err=True)
+            for i, proc in enumerate(procs):
+                if i not in reported and proc.poll() is not None:
+                    reported.add(i)  # the others keep serving: that is what a cluster is for
+                    typer.echo(f"node{i + 1} exited (status {proc.returncode}); "
+                               f"{nodes - len(reported)} nodes still running", err=True)
+            if len(reported) == nodes:
+                typer.echo("every node has exited; stopping", err=True)
                 return 1
         typer.echo("stopping the cluster…")
     typer.echo("cluster stopped")
