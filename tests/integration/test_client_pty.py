@@ -88,7 +88,7 @@ async def test_interactive_client_in_a_terminal() -> None:
         try:
             bob = await json_user(port, "bob")
             child = pexpect.spawn(
-                sys.executable, ["-m", "cli.client.tui_main", "--node", f"127.0.0.1:{port}",
+                sys.executable, ["-m", "cli", "connect", f"127.0.0.1:{port}",
                                  "--nick", "alice"],
                 env={**os.environ, "TERM": "xterm-256color", "PYTHONUNBUFFERED": "1"},
                 encoding="utf-8", codec_errors="replace", dimensions=(30, 120))
