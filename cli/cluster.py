@@ -94,8 +94,10 @@ def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
         _stop(proc, 12, signalled=True)
 
 
-def _node_command(port: int, redis_url: str, node_id: str, lease_ttl: float) -> list[str]:
+def _node_command(port: int, http_port: int, redis_url: str, node_id: str,
+                  lease_ttl: float) -> list[str]:
     return [sys.executable, "-m", "cli", "node", "--host", "127.0.0.1", "--port", str(port),
+            "--http-host", "127.0.0.1", "--http-port", str(http_port),
             "--redis-url", redis_url, "--node-id", node_id, "--lease-ttl", str(lease_ttl)]
 
 
@@ -134,10 +136,12 @@ def run_cluster(*, nodes: int, base_port: int, redis_url: str | None, lease_ttl:
         stack.callback(_stop_all, procs)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         cwd = Path(__file__).resolve().parent.parent
+        http_ports = [free_port() for _ in range(nodes)]
         for i in range(nodes):
             port = base_port + i
             procs.append(subprocess.Popen(
-                _node_command(port, redis_url, f"node{i + 1}", lease_ttl), env=env,
+                _node_command(port, http_ports[i], redis_url, f"node{i + 1}", lease_ttl),
+                env=env,
                 cwd=cwd, start_new_session=True))
         for i, proc in enumerate(procs):
             if not wait_for_port(base_port + i, 15, proc=proc):
@@ -146,7 +150,8 @@ def run_cluster(*, nodes: int, base_port: int, redis_url: str | None, lease_ttl:
         typer.echo("")
         typer.echo(f"hubbub cluster is up: {nodes} nodes on Redis {redis_url}")
         for i in range(nodes):
-            typer.echo(f"  node{i + 1}: nc localhost {base_port + i}")
+            typer.echo(f"  node{i + 1}: nc localhost {base_port + i}    "
+                       f"(health: http://127.0.0.1:{http_ports[i]}/readyz)")
         typer.echo("Connect with nc (or telnet) to any node, type a nickname, then chat.")
         typer.echo("Press Ctrl+C to stop the cluster.")
         reported: set[int] = set()

@@ -66,6 +66,13 @@ def node(
     shutdown_grace: Annotated[float, _opt(
         "SHUTDOWN_GRACE", "Seconds sessions get to finish when the node stops.")
                               ] = _DEFAULTS.shutdown_grace,
+    http_host: Annotated[str, _opt("HTTP_HOST", "Address of /healthz, /readyz, /metrics.")
+                         ] = _DEFAULTS.http_host,
+    http_port: Annotated[int, _opt("HTTP_PORT", "Port of /healthz, /readyz, /metrics "
+                                   "(0: none).")] = _DEFAULTS.http_port,
+    ready_window: Annotated[float, _opt(
+        "READY_WINDOW", "Seconds within which Redis must have answered and the bus canary "
+        "come back for /readyz to say ready.")] = _DEFAULTS.ready_window,
 ) -> None:
     """Run one chat node.  Every option also reads its HUBBUB_* environment variable."""
     from .run_node import run_node
@@ -77,7 +84,8 @@ def node(
             max_buffer=max_buffer, register_timeout=register_timeout,
             send_queue_bytes=send_queue_bytes, send_queue_lines=send_queue_lines,
             history_max=history_max, history_limit=history_limit, backlog=backlog,
-            redis_timeout=redis_timeout, shutdown_grace=shutdown_grace)
+            redis_timeout=redis_timeout, shutdown_grace=shutdown_grace, http_host=http_host,
+            http_port=http_port, ready_window=ready_window)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -60,6 +60,14 @@ class NodeConfig:
     """Seconds a shutting-down node waits for sessions to finish before cancelling them."""
     reconnect_max: float = 5.0
     """Longest wait between Redis reconnect attempts (capped, jittered backoff)."""
+    http_host: str = "0.0.0.0"
+    http_port: int = 8081
+    """Port of /healthz, /readyz and /metrics (0: no HTTP endpoint)."""
+    canary_interval: float = 1.0
+    """Seconds between the node's probes of its own bus subscription."""
+    ready_window: float = 3.0
+    """A node is ready only if Redis answered and a canary came back within this many
+    seconds."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -73,7 +81,12 @@ class NodeConfig:
             problems.append("max line must be at least 64 bytes")
         if self.max_buffer < self.max_line:
             problems.append("max buffer must be at least max line")
-        for name in ("register_timeout", "redis_timeout", "shutdown_grace", "reconnect_max"):
+        if not 0 <= self.http_port <= 65535:
+            problems.append("http port must be 0-65535")
+        if self.ready_window <= self.canary_interval:
+            problems.append("ready window must be longer than the canary interval")
+        for name in ("register_timeout", "redis_timeout", "shutdown_grace", "reconnect_max",
+                     "canary_interval"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name.replace('_', ' ')} must be positive")
         for name in ("send_queue_bytes", "send_queue_lines", "history_max", "history_default",

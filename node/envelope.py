@@ -18,6 +18,7 @@ from .errors import HubbubError
 __all__ = [
     "VERSION",
     "BadEnvelope",
+    "Canary",
     "DirectMsg",
     "Envelope",
     "NickChange",
@@ -182,10 +183,30 @@ class DirectMsg:
                    to_folded=_s(d, "tof"), text=_s(d, "text"), id=_s(d, "id"), ts=seconds)
 
 
-Envelope = RoomMsg | RoomJoin | RoomPart | UserQuit | NickChange | DirectMsg
+@dataclass(frozen=True, slots=True)
+class Canary:
+    """A node's probe of its own subscription: published to its own channel, it must
+    come back; a node whose canaries stop coming back is deaf and not ready."""
+
+    kind: ClassVar[str] = "canary"
+    node: str
+    seq: int
+
+    def serialize(self) -> bytes:
+        return _dumps({"v": VERSION, "t": self.kind, "node": self.node, "seq": self.seq})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Canary:
+        seq = d.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            raise BadEnvelope("canary without an integer seq")
+        return cls(node=_s(d, "node"), seq=seq)
+
+
+Envelope = RoomMsg | RoomJoin | RoomPart | UserQuit | NickChange | DirectMsg | Canary
 
 _KINDS: dict[str, Any] = {c.kind: c for c in (RoomMsg, RoomJoin, RoomPart, UserQuit,
-                                               NickChange, DirectMsg)}
+                                               NickChange, DirectMsg, Canary)}
 
 
 def _s(d: dict[str, Any], key: str) -> str:

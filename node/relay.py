@@ -26,12 +26,14 @@ import asyncio
 import json
 import random
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
+from prometheus_client import Histogram
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
@@ -97,6 +99,7 @@ class RelayStats:
     renewal_failures: int = 0
     leases_lost: int = 0
     reaped: int = 0
+    deaf_rebuilds: int = 0
 
 
 @asynccontextmanager
@@ -124,6 +127,21 @@ class Relay:
         self._pubsub: PubSub | None = None
         self._ready = asyncio.Event()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._rebuild = False
+        self._subscribed_at = 0.0
+        self._canary_seq = 0
+        self._canary_sent: dict[int, float] = {}
+        self.redis_answered_at: float | None = None
+        """Loop time at which Redis last answered a canary publish."""
+        self.canary_at: float | None = None
+        """Loop time at which a canary last came back through the subscription."""
+        self.canary_rtt: float | None = None
+        self.publish_seconds = Histogram(
+            "hubbub_publish_seconds", "Time to store and publish one room message.",
+            registry=None, buckets=(.0005, .001, .002, .005, .01, .025, .05, .1, .25, 1))
+        self.canary_seconds = Histogram(
+            "hubbub_canary_rtt_seconds", "Round trip of the node's bus canary.",
+            registry=None, buckets=(.0005, .001, .002, .005, .01, .025, .05, .1, .25, 1, 5))
         s = redis.register_script
         self._claim = s(scripts.CLAIM)
         self._release = s(scripts.RELEASE)
@@ -152,6 +170,7 @@ class Relay:
             tg.create_task(self._listen(), name="relay-listen")
             tg.create_task(self._renew_loop(), name="relay-renew")
             tg.create_task(self._reap_loop(), name="relay-reap")
+            tg.create_task(self._canary_loop(), name="relay-canary")
 
     async def close(self) -> None:
         """Forget this node's heartbeat so peers need not wait for it to expire."""
@@ -325,9 +344,11 @@ class Relay:
     async def say(self, msg: env.RoomMsg) -> str:
         """Store and publish a room message in one atomic step; returns its id."""
         k = self.keys
+        started = time.perf_counter()
         async with _translated("publish"):
             new_id = await self._publish(keys=[k.history(msg.room), k.room_channel(msg.room)],
                                          args=[msg.serialize(), self._cfg.history_max])
+        self.publish_seconds.observe(time.perf_counter() - started)
         self.stats.published += 1
         return new_id.decode() if isinstance(new_id, bytes) else str(new_id)
 
@@ -390,11 +411,14 @@ class Relay:
                 if delays is not None:
                     self.stats.reconnects += 1
                 log.info("relay subscribed", channels=len(self._channels))
+                self._subscribed_at = asyncio.get_running_loop().time()
+                self._rebuild = False
                 delays = None
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
+                while not self._rebuild:
+                    message = await pubsub.get_message(timeout=0.5)
                     if message is not None:
                         self._dispatch(message)
+                raise ConnectionError("subscription deaf: canaries stopped coming back")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a dead listener is a deaf node: never let it die
@@ -440,11 +464,71 @@ class Relay:
                 log.warning("bad envelope dropped", error=exc.text,
                             channel=_text(message["channel"]))
                 return
+            if isinstance(envelope, env.Canary):
+                self._canary_back(envelope)
+                return
             self._sink.on_envelope(envelope)
         elif kind == "subscribe":
             for waiter in self._waiters.pop(_text(message["channel"]), []):
                 if not waiter.done():
                     waiter.set_result(None)
+
+    # ------------------------------------------------------------------ liveness
+
+    def is_ready(self, now: float | None = None) -> tuple[bool, list[str]]:
+        """Ready = subscribed, Redis answered and a canary came back within the window."""
+        now = asyncio.get_running_loop().time() if now is None else now
+        window = self._cfg.ready_window
+        reasons = []
+        if not self.ready:
+            reasons.append("bus subscription down")
+        if self.redis_answered_at is None or now - self.redis_answered_at > window:
+            reasons.append("redis not answering")
+        if self.canary_at is None or now - self.canary_at > window:
+            reasons.append("canary not coming back (deaf subscription)")
+        return not reasons, reasons
+
+    async def _canary_loop(self) -> None:
+        """Publish a canary to our own channel every interval; it must come back."""
+        loop = asyncio.get_running_loop()
+        channel = self.keys.node_channel(self.node_id)
+        while True:
+            self._canary_seq += 1
+            seq = self._canary_seq
+            self._canary_sent[seq] = loop.time()
+            for old in [s for s in self._canary_sent if s < seq - 16]:
+                del self._canary_sent[old]  # lost ones: keep the table small
+            try:
+                async with asyncio.timeout(self._cfg.redis_timeout):
+                    await self._redis.publish(channel, env.Canary(self.node_id, seq).serialize())
+                self.redis_answered_at = loop.time()
+            except (RedisError, OSError) as exc:
+                log.debug("canary publish failed", error=describe(exc))
+            self._check_deaf(loop.time())
+            await asyncio.sleep(self._cfg.canary_interval)
+
+    def _check_deaf(self, now: float) -> None:
+        """Redis answers but our canaries stopped coming back for twice the readiness
+        window: the subscription is dead without an error.  Rebuild it."""
+        if not self.ready or self.redis_answered_at is None:
+            return
+        last = max(self.canary_at or 0.0, self._subscribed_at)
+        if now - self.redis_answered_at < self._cfg.ready_window and \
+                now - last > 2 * self._cfg.ready_window and not self._rebuild:
+            log.warning("bus subscription deaf; rebuilding it", silent_for=round(now - last, 2))
+            self.stats.deaf_rebuilds += 1
+            self._rebuild = True
+
+    def _canary_back(self, canary: env.Canary) -> None:
+        if canary.node != self.node_id:
+            return
+        sent = self._canary_sent.pop(canary.seq, None)
+        if sent is None:
+            return
+        now = asyncio.get_running_loop().time()
+        self.canary_at = now
+        self.canary_rtt = now - sent
+        self.canary_seconds.observe(self.canary_rtt)
 
     # ------------------------------------------------------------------ leases
 

@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from . import envelope as env
 from .config import NodeConfig
 from .errors import NickTaken, NoSuchNick, RelayUnavailable
+from .http import HttpEndpoint
 from .model import (
     Bye,
     Error,
@@ -71,6 +72,7 @@ class ChatNode:
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._server: asyncio.Server | None = None
+        self.http = HttpEndpoint(self)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -84,6 +86,8 @@ class ChatNode:
                 backlog=self.config.backlog, reuse_address=True)
             self.port = self._server.sockets[0].getsockname()[1]
             log.info("node listening", host=self.config.host, port=self.port)
+            if self.config.http_port:
+                await self.http.start(self.config.http_host, self.config.http_port)
             if started is not None:
                 started(self.port)
             await self._stopping.wait()
@@ -92,6 +96,10 @@ class ChatNode:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     async def _shutdown(self, relay_task: asyncio.Task[None]) -> None:
         log.info("node shutting down", sessions=len(self.sessions))
@@ -116,6 +124,8 @@ class ChatNode:
             log.warning("could not remove heartbeat; it will expire")
         relay_task.cancel()
         await asyncio.gather(relay_task, return_exceptions=True)
+        # 5. the HTTP endpoint last: /readyz said "shutting down" all along the drain
+        await self.http.stop()
         log.info("node stopped")
 
     async def _on_connect(self, reader: asyncio.StreamReader,

@@ -20,7 +20,8 @@ TIMEOUT = 5.0
 
 def node_config(node_id: str, **overrides: Any) -> NodeConfig:
     return replace(NodeConfig(node_id=node_id, host="127.0.0.1", port=0, lease_ttl=2.0,
-                              redis_timeout=1.0, shutdown_grace=2.0), **overrides)
+                              redis_timeout=1.0, shutdown_grace=2.0, http_port=0),
+                   **overrides)
 
 
 @contextlib.asynccontextmanager
@@ -140,3 +141,20 @@ async def json_user(port: int, nick: str) -> JsonClient:
     await c.event("welcome")
     await c.event("join", nick=nick, room="lobby")
     return c
+
+
+async def wait_until(check: Callable[[], Any], timeout: float = TIMEOUT,
+                     step: float = 0.05) -> Any:
+    """Re-check ``check`` (sync or async) until it returns something truthy.
+
+    Only for conditions that *are* the passing of time, with no event to wait on (a
+    readiness window expiring, a lease running out); everything else waits on its event.
+    """
+    async with asyncio.timeout(timeout):
+        while True:
+            result = check()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return result
+            await asyncio.sleep(step)

@@ -124,6 +124,8 @@ async def start_node(redis_url: str, node_id: str, *args: str,
                      ) -> tuple[Proc, int]:
     """``hubbub node`` as a subprocess, started through the CLI; returns (proc, port)."""
     port = port or free_port()
+    if "--http-port" not in args:  # never the default 8081: several nodes share this host
+        args = ("--http-port", str(free_port()), *args)
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cli", "node", "--host", "127.0.0.1", "--port", str(port),
         "--redis-url", redis_url, "--node-id", node_id, "--log-json", *args,

@@ -1,0 +1,84 @@
+"""Prometheus metrics of one node, read from its state at scrape time.
+
+Counters live as plain integers in the node's and relay's stats (no metrics call on the hot
+path); this collector turns them into metric families when /metrics is scraped.  Each node
+has its own registry, so several nodes can run in one process (tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .server import ChatNode
+
+__all__ = ["NodeMetrics"]
+
+
+class _NodeCollector(Collector):
+    def __init__(self, node: ChatNode) -> None:
+        self._node = node
+
+    def collect(self) -> Iterator[Metric]:
+        node, relay = self._node, self._node.relay
+        modes = Counter(s.conn.mode for s in list(node.sessions))
+        conns = GaugeMetricFamily("hubbub_connections", "Open client connections by wire "
+                                  "mode (pending: not chosen yet).", labels=["mode"])
+        for mode in ("pending", "text", "json"):
+            conns.add_metric([mode], modes.get(mode, 0))
+        yield conns
+        yield GaugeMetricFamily("hubbub_users", "Registered users on this node.",
+                                value=len(node.local))
+        yield GaugeMetricFamily("hubbub_local_rooms", "Rooms with members on this node.",
+                                value=len(node.rooms))
+        yield GaugeMetricFamily("hubbub_subscribed_room_channels",
+                                "Room channels this node is subscribed to.",
+                                value=len(relay.subscribed_rooms()))
+        ready, _ = relay.is_ready()
+        yield GaugeMetricFamily("hubbub_ready", "1 when the node is ready (see /readyz).",
+                                value=1 if ready and not node.stopping else 0)
+        if relay.canary_at is not None:
+            age = asyncio.get_running_loop().time() - relay.canary_at
+            yield GaugeMetricFamily("hubbub_canary_age_seconds",
+                                    "Seconds since a bus canary last came back.", value=age)
+        for name, doc, value in (
+            ("connections_accepted", "Client connections accepted.", node.stats.connections),
+            ("messages_in", "Room messages from this node's users, stored and published.",
+             relay.stats.published),
+            ("messages_out", "Events queued to this node's clients.", node.stats.delivered),
+            ("bus_received", "Envelopes received from the bus.", relay.stats.received),
+            ("bad_envelopes", "Unreadable bus envelopes dropped.", relay.stats.bad_envelopes),
+            ("slow_consumer_disconnects", "Clients disconnected for not reading.",
+             node.stats.slow_consumers),
+            ("relay_reconnects", "Times the bus subscription was rebuilt.",
+             relay.stats.reconnects),
+            ("lease_renewals", "Successful lease renewal rounds.", relay.stats.renewals),
+            ("lease_renewal_failures", "Failed lease renewal rounds.",
+             relay.stats.renewal_failures),
+            ("leases_lost", "Names whose lease was found not ours any more.",
+             relay.stats.leases_lost),
+            ("names_reaped", "Names of dead nodes released by this node.", relay.stats.reaped),
+            ("deaf_subscription_rebuilds", "Subscriptions rebuilt because canaries stopped "
+             "coming back while Redis answered.", relay.stats.deaf_rebuilds),
+        ):
+            yield CounterMetricFamily(f"hubbub_{name}", doc, value=value)
+        yield from relay.publish_seconds.collect()
+        yield from relay.canary_seconds.collect()
+
+
+class NodeMetrics:
+    """The registry of one node."""
+
+    def __init__(self, node: ChatNode) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_NodeCollector(node))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
