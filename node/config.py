@@ -58,6 +58,8 @@ class NodeConfig:
     """Seconds a Redis command may take before it fails (a hung Redis never hangs us)."""
     shutdown_grace: float = 10.0
     """Seconds a shutting-down node waits for sessions to finish before cancelling them."""
+    reconnect_min: float = 0.1
+    """First wait before reconnecting to Redis (doubling, jittered, up to reconnect_max)."""
     reconnect_max: float = 5.0
     """Longest wait between Redis reconnect attempts (capped, jittered backoff)."""
     http_host: str = "0.0.0.0"
@@ -85,7 +87,8 @@ class NodeConfig:
             problems.append("http port must be 0-65535")
         if self.ready_window <= self.canary_interval:
             problems.append("ready window must be longer than the canary interval")
-        for name in ("register_timeout", "redis_timeout", "shutdown_grace", "reconnect_max",
+        for name in ("register_timeout", "redis_timeout", "shutdown_grace", "reconnect_min",
+                     "reconnect_max",
                      "canary_interval"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name.replace('_', ' ')} must be positive")

@@ -60,6 +60,8 @@ class BusSink(Protocol):
 
     def on_lease_lost(self, folded: str) -> None: ...
 
+    def on_resubscribed(self) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class NameInfo:
@@ -318,6 +320,12 @@ class Relay:
                 await self._redis.srem(k.rooms, *empty)
         return [(n, int(c)) for n, c in zip(names, counts, strict=True) if c]
 
+    async def latest_id(self, room: str) -> str:
+        """The newest id in a room's stream ("0-0" when it is empty)."""
+        async with _translated("history"):
+            entries = await self._redis.xrevrange(self.keys.history(room), count=1)
+        return _text(entries[0][0] or "0-0") if entries else "0-0"
+
     async def history(self, room: str, limit: int, after: str | None = None
                       ) -> list[env.RoomMsg]:
         """The last ``limit`` messages, or the first ``limit`` with an id above ``after``."""
@@ -408,8 +416,9 @@ class Relay:
                 await self._subscribe_all(pubsub)
                 self._pubsub = pubsub
                 self._ready.set()
-                if delays is not None:
+                if self._subscribed_at:  # not the first subscription: repair the gap
                     self.stats.reconnects += 1
+                    self._sink.on_resubscribed()
                 log.info("relay subscribed", channels=len(self._channels))
                 self._subscribed_at = asyncio.get_running_loop().time()
                 self._rebuild = False
@@ -426,7 +435,8 @@ class Relay:
                 self._pubsub = None
                 log.warning("relay subscription lost", error=describe(exc))
                 if delays is None:
-                    delays = backoff(initial=0.1, maximum=self._cfg.reconnect_max)
+                    delays = backoff(initial=self._cfg.reconnect_min,
+                                     maximum=self._cfg.reconnect_max)
                 await asyncio.sleep(next(iter(delays)))
             finally:
                 self._ready.clear()

@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from . import envelope as env
 from .config import NodeConfig
 from .errors import NickTaken, NoSuchNick, RelayUnavailable
+from .feeds import RoomFeed
 from .http import HttpEndpoint
 from .model import (
     Bye,
@@ -53,6 +54,7 @@ class NodeStats:
     connections: int = 0
     slow_consumers: int = 0
     delivered: int = 0
+    repaired: int = 0
 
 
 class ChatNode:
@@ -66,6 +68,7 @@ class ChatNode:
         self.local: dict[str, Session] = {}
         self.by_sid: dict[str, Session] = {}
         self.rooms: dict[str, set[Session]] = {}
+        self.feeds: dict[str, RoomFeed] = {}
         self.port: int | None = None
         self._subs: dict[str, asyncio.Task[None]] = {}
         self._conn_tasks: set[asyncio.Task[None]] = set()
@@ -269,7 +272,7 @@ class ChatNode:
     async def _subscribed(self, room: str) -> None:
         task = self._subs.get(room)
         if task is None or (task.done() and task.exception() is not None):
-            task = asyncio.create_task(self.relay.subscribe_room(room))
+            task = asyncio.create_task(self._subscribe(room))
             self._subs[room] = task
         try:
             await asyncio.shield(task)
@@ -277,6 +280,12 @@ class ChatNode:
             if self._subs.get(room) is task and task.done() and not self.rooms.get(room):
                 del self._subs[room]
             raise
+
+    async def _subscribe(self, room: str) -> None:
+        """Subscribe, then note where the room's stream stood (the start of any repair)."""
+        feed = self.feeds.setdefault(room, RoomFeed())
+        await self.relay.subscribe_room(room)
+        feed.start = await self.relay.latest_id(room)
 
     async def _leave_local(self, s: Session, room: str) -> None:
         members = self.rooms.get(room)
@@ -286,6 +295,7 @@ class ChatNode:
         if not members:
             del self.rooms[room]
             self._subs.pop(room, None)
+            self.feeds.pop(room, None)
             await self.relay.unsubscribe_room(room)
 
     # ------------------------------------------------------------------ private messages
@@ -306,10 +316,9 @@ class ChatNode:
     def on_envelope(self, e: env.Envelope) -> None:
         match e:
             case env.RoomMsg():
-                members = self.rooms.get(e.room)
-                if members:
-                    event = Message(e.room, e.sender, e.text, e.id, e.ts, e.action)
-                    self._fan_out(event, members, skip_sid=e.sid)
+                feed = self.feeds.get(e.room)
+                if feed is not None:
+                    self._deliver(e.room, feed.live(e))
             case env.RoomJoin():
                 if members := self.rooms.get(e.room):
                     self._fan_out(Joined(e.room, e.nick), members)
@@ -328,6 +337,46 @@ class ChatNode:
                 if target is not None:
                     target.send(Private(e.sender, e.to, e.text, e.id, e.ts))
                     self.stats.delivered += 1
+
+    def _deliver(self, room: str, msgs: list[env.RoomMsg]) -> None:
+        members = self.rooms.get(room)
+        if not members:
+            return
+        for m in msgs:
+            self._fan_out(Message(room, m.sender, m.text, m.id, m.ts, m.action), members,
+                          skip_sid=m.sid)
+
+    def on_resubscribed(self) -> None:
+        """The bus subscription came back: repair every room from its stream."""
+        for room in list(self.feeds):
+            task = asyncio.create_task(self._repair(room))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _repair(self, room: str) -> None:
+        feed = self.feeds.get(room)
+        if feed is None or feed.held is not None:
+            return
+        after = feed.begin_repair()
+        fetched: list[env.RoomMsg] = []
+        try:
+            page = self.config.history_limit
+            while after is not None:
+                got = await self.relay.history(room, page, after)
+                fetched.extend(got)
+                if len(got) < page:
+                    break
+                after = got[-1].id
+        except RelayUnavailable:
+            log.warning("gap repair failed; some messages may be missing", room=room)
+        if self.feeds.get(room) is feed:
+            msgs = feed.end_repair(fetched)
+            from_stream = {m.id for m in fetched}
+            repaired = sum(1 for m in msgs if m.id in from_stream)
+            if repaired:
+                self.stats.repaired += repaired
+                log.info("gap repaired", room=room, messages=repaired)
+            self._deliver(room, msgs)
 
     def _members_of(self, rooms: Iterable[str]) -> set[Session]:
         out: set[Session] = set()

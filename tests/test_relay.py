@@ -31,6 +31,7 @@ class Sink:
     def __init__(self) -> None:
         self.envelopes: list[env.Envelope] = []
         self.lost: list[str] = []
+        self.resubscribed = 0
         self._changed = asyncio.Event()
 
     def on_envelope(self, envelope: env.Envelope) -> None:
@@ -39,6 +40,10 @@ class Sink:
 
     def on_lease_lost(self, folded: str) -> None:
         self.lost.append(folded)
+        self._changed.set()
+
+    def on_resubscribed(self) -> None:
+        self.resubscribed += 1
         self._changed.set()
 
     async def wait_for(self, done: Callable[[], bool]) -> None:
