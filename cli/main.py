@@ -60,7 +60,40 @@ def node(
                            ] = _DEFAULTS.history_max,
     history_limit: Annotated[int, _opt("HISTORY_LIMIT", "Most messages one /history returns.")
                              ] = _DEFAULTS.history_limit,
-    backlog: Annotated[int, _opt("BACKLOG", "Listen backlog.")] = _DEFAULTS.backlog,
+    backlog: Annotated[int, _opt(
+        "BACKLOG", "Listen backlog: connections the kernel holds until the node accepts "
+        "them (a reconnect storm; capped by net.core.somaxconn).")] = _DEFAULTS.backlog,
+    rate: Annotated[float, _opt(
+        "RATE", "Messages (say, me, msg, nick, join, part) per second one client may "
+        "sustain; excess is delayed (0: unlimited).")] = _DEFAULTS.rate,
+    burst: Annotated[int, _opt("BURST", "Messages one client may send at once before "
+                               "--rate applies.")] = _DEFAULTS.burst,
+    flood_disconnect: Annotated[int, _opt(
+        "FLOOD_DISCONNECT", "Disconnect a client (rate-limited) when more than this many "
+        "messages had to be delayed with no pause that refilled its burst.")
+                              ] = _DEFAULTS.flood_disconnect,
+    max_connections: Annotated[int, _opt(
+        "MAX_CONNECTIONS", "Open client connections per node (0: only the open-file limit "
+        "minus 64).")] = _DEFAULTS.max_connections,
+    max_per_ip: Annotated[int, _opt(
+        "MAX_PER_IP", "Open connections from one IPv4 address or IPv6 /64 (0: no cap; use "
+        "0 behind a proxy that hides client addresses).")] = _DEFAULTS.max_per_ip,
+    conn_rate_per_ip: Annotated[float, _opt(
+        "CONN_RATE_PER_IP", "New connections per second from one address (0: no cap).")
+                                ] = _DEFAULTS.conn_rate_per_ip,
+    conn_burst_per_ip: Annotated[int, _opt(
+        "CONN_BURST_PER_IP", "New connections from one address at once before "
+        "--conn-rate-per-ip applies.")] = _DEFAULTS.conn_burst_per_ip,
+    keepalive_idle: Annotated[int, _opt(
+        "KEEPALIVE_IDLE", "Seconds of silence before TCP keepalive probes a client (0: "
+        "off); a dead client is dropped after idle + interval x count.")
+                              ] = _DEFAULTS.keepalive_idle,
+    keepalive_interval: Annotated[int, _opt(
+        "KEEPALIVE_INTERVAL", "Seconds between keepalive probes.")
+                                  ] = _DEFAULTS.keepalive_interval,
+    keepalive_count: Annotated[int, _opt(
+        "KEEPALIVE_COUNT", "Unanswered keepalive probes before a client is dropped.")
+                               ] = _DEFAULTS.keepalive_count,
     redis_timeout: Annotated[float, _opt("REDIS_TIMEOUT", "Seconds any Redis command may take.")
                              ] = _DEFAULTS.redis_timeout,
     shutdown_grace: Annotated[float, _opt(
@@ -70,6 +103,14 @@ def node(
                          ] = _DEFAULTS.http_host,
     http_port: Annotated[int, _opt("HTTP_PORT", "Port of /healthz, /readyz, /metrics "
                                    "(0: none).")] = _DEFAULTS.http_port,
+    outbox_seconds: Annotated[float, _opt(
+        "OUTBOX_SECONDS", "How long a message said while Redis is unreachable waits to be "
+        "published (0: fail at once).")] = _DEFAULTS.outbox_seconds,
+    outbox_max: Annotated[int, _opt(
+        "OUTBOX_MAX", "How many such messages the node holds at most.")] = _DEFAULTS.outbox_max,
+    allow_eviction: Annotated[bool, _opt(
+        "ALLOW_EVICTION", "Run even if Redis may evict keys (a lost lease can grant a name "
+        "twice).", "--allow-eviction")] = _DEFAULTS.allow_eviction,
     ready_window: Annotated[float, _opt(
         "READY_WINDOW", "Seconds within which Redis must have answered and the bus canary "
         "come back for /readyz to say ready.")] = _DEFAULTS.ready_window,
@@ -84,8 +125,14 @@ def node(
             max_buffer=max_buffer, register_timeout=register_timeout,
             send_queue_bytes=send_queue_bytes, send_queue_lines=send_queue_lines,
             history_max=history_max, history_limit=history_limit, backlog=backlog,
+            rate=rate, burst=burst, flood_disconnect=flood_disconnect,
+            max_connections=max_connections, max_per_ip=max_per_ip,
+            conn_rate_per_ip=conn_rate_per_ip, conn_burst_per_ip=conn_burst_per_ip,
+            keepalive_idle=keepalive_idle, keepalive_interval=keepalive_interval,
+            keepalive_count=keepalive_count,
             redis_timeout=redis_timeout, shutdown_grace=shutdown_grace, http_host=http_host,
-            http_port=http_port, ready_window=ready_window)
+            http_port=http_port, ready_window=ready_window, allow_eviction=allow_eviction,
+            outbox_seconds=outbox_seconds, outbox_max=outbox_max)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

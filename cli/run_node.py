@@ -10,6 +10,7 @@ import sys
 import structlog
 
 from node.config import NodeConfig
+from node.errors import HubbubError
 from node.server import ChatNode
 
 from .redis_client import connect_redis
@@ -39,6 +40,9 @@ async def _main(config: NodeConfig) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         await node.run()
+    except HubbubError as exc:
+        log.error("node cannot run", error=exc.text)
+        raise SystemExit(2) from None
     finally:
         await redis.aclose()
 

@@ -54,6 +54,30 @@ class NodeConfig:
     """Largest count /history accepts."""
     backlog: int = 1024
     """Listen backlog (the asyncio default of 100 is too small for reconnect storms)."""
+    rate: float = 5.0
+    """Publishing commands (say, me, msg, nick, join, part) per second one session may
+    sustain; excess is delayed (0: unlimited)."""
+    burst: int = 20
+    """Publishing commands one session may send at once before the rate applies."""
+    flood_disconnect: int = 100
+    """A session is disconnected (``rate-limited``) when more than this many publishing
+    commands had to wait for the rate with no pause long enough to refill the burst."""
+    max_connections: int = 10000
+    """Open client connections per node (0: no cap of its own); never more than the
+    open-file limit minus 64."""
+    max_per_ip: int = 50
+    """Open client connections from one IPv4 address or IPv6 /64 (0: no cap)."""
+    conn_rate_per_ip: float = 20.0
+    """New connections per second from one address (0: no cap)."""
+    conn_burst_per_ip: int = 40
+    """New connections from one address at once before ``conn_rate_per_ip`` applies."""
+    keepalive_idle: int = 30
+    """Seconds of silence before TCP keepalive probes a client (0: no keepalive)."""
+    keepalive_interval: int = 10
+    """Seconds between keepalive probes."""
+    keepalive_count: int = 3
+    """Unanswered probes after which the connection is dropped: a dead peer is detected
+    within idle + interval x count seconds (60 by default)."""
     redis_timeout: float = 2.0
     """Seconds a Redis command may take before it fails (a hung Redis never hangs us)."""
     shutdown_grace: float = 10.0
@@ -62,6 +86,12 @@ class NodeConfig:
     """First wait before reconnecting to Redis (doubling, jittered, up to reconnect_max)."""
     reconnect_max: float = 5.0
     """Longest wait between Redis reconnect attempts (capped, jittered backoff)."""
+    outbox_seconds: float = 5.0
+    """How long a message said while Redis is unreachable waits to be published."""
+    outbox_max: int = 1000
+    """How many such messages a node holds; past either bound the sender is told."""
+    allow_eviction: bool = False
+    """Run even if Redis may evict keys (an evicted lease grants a name twice)."""
     http_host: str = "0.0.0.0"
     http_port: int = 8081
     """Port of /healthz, /readyz and /metrics (0: no HTTP endpoint)."""
@@ -92,8 +122,17 @@ class NodeConfig:
                      "canary_interval"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name.replace('_', ' ')} must be positive")
+        if self.outbox_seconds < 0:
+            problems.append("outbox seconds must not be negative")
         for name in ("send_queue_bytes", "send_queue_lines", "history_max", "history_default",
                      "history_limit", "backlog"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name.replace('_', ' ')} must be at least 1")
+        for name in ("rate", "flood_disconnect", "max_connections", "max_per_ip",
+                     "conn_rate_per_ip", "keepalive_idle"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name.replace('_', ' ')} must not be negative")
+        for name in ("burst", "conn_burst_per_ip", "keepalive_interval", "keepalive_count"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.replace('_', ' ')} must be at least 1")
         if problems:

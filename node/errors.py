@@ -18,8 +18,11 @@
     │   ├── NotInRoom                ``not-in-room``
     │   └── NotRegistered            ``not-registered``
     ├── RelayUnavailable             ``relay-unavailable`` (Redis cannot be reached)
+    ├── RedisMisconfigured           Redis is set up so that names could be granted twice
     └── SessionClosed                the session is over (``reason`` says why)
-        └── SendQueueExceeded        ``send-queue-exceeded`` (a slow reader)
+        ├── SendQueueExceeded        ``send-queue-exceeded`` (a slow reader)
+        ├── RateLimited              ``rate-limited`` (a flood went on past its delays)
+        └── TooManyConnections       ``too-many-connections`` (refused at connect)
 
 Errors raised by redis-py are translated into :class:`RelayUnavailable` at the relay
 boundary (``raise RelayUnavailable(...) from exc``); nothing above the relay sees them.
@@ -44,9 +47,12 @@ __all__ = [
     "NotInRoom",
     "NotRegistered",
     "ProtocolError",
+    "RateLimited",
+    "RedisMisconfigured",
     "RelayUnavailable",
     "SendQueueExceeded",
     "SessionClosed",
+    "TooManyConnections",
     "UnknownCommand",
 ]
 
@@ -148,6 +154,13 @@ class RelayUnavailable(HubbubError):
     default_text = "the cluster relay (Redis) is unavailable; try again shortly"
 
 
+class RedisMisconfigured(HubbubError):
+    """Fatal at start: e.g. an eviction policy that could silently drop a name's lease."""
+
+    code = "redis-misconfigured"
+    default_text = "Redis is misconfigured for hubbub"
+
+
 class SessionClosed(HubbubError):
     code = "closed"
     default_text = "session closed"
@@ -156,3 +169,17 @@ class SessionClosed(HubbubError):
 class SendQueueExceeded(SessionClosed):
     code = "send-queue-exceeded"
     default_text = "send queue exceeded"
+
+
+class RateLimited(SessionClosed):
+    """A client kept sending faster than its rate after its lines were delayed."""
+
+    code = "rate-limited"
+    default_text = "too many messages too fast; goodbye"
+
+
+class TooManyConnections(SessionClosed):
+    """A connection refused by a connection cap before its session began."""
+
+    code = "too-many-connections"
+    default_text = "too many connections; try again later"

@@ -12,9 +12,11 @@ key                                             type    meaning
 ``{nicks}:nodes``                               SET     node ids that own names
 ``{nicks}:alive:<node>``                        STRING  a node's heartbeat, with the lease TTL
 ``{nicks}:owned:<node>``                        SET     folded names a node owns
+``{nicks}:epoch``                               STRING  random, set once: gone/new = data lost
 ``{rooms}``                                     SET     room names that have (had) members
 ``{room:<room>}:members``                       HASH    folded -> nickname as shown
 ``{room:<room>}:hist``                          STREAM  the room's messages; ids are message ids
+``{room:<room>}:once:<key>``                    STRING  a published message's id, briefly
 ``{room:<room>}:ch``                            chan    the room's pub/sub channel
 ``{node:<node>}:ch``                            chan    private messages for users on a node
 ``{events}``                                    chan    quits and nick changes, every node listens
@@ -32,13 +34,14 @@ __all__ = ["Keys"]
 class Keys:
     """Builds key and channel names for one prefix."""
 
-    __slots__ = ("events", "info", "nicks", "nodes", "prefix", "rooms")
+    __slots__ = ("epoch", "events", "info", "nicks", "nodes", "prefix", "rooms")
 
     def __init__(self, prefix: str = "hubbub:") -> None:
         self.prefix = prefix
         self.nicks = f"{prefix}{{nicks}}"
         self.info = f"{prefix}{{nicks}}:info"
         self.nodes = f"{prefix}{{nicks}}:nodes"
+        self.epoch = f"{prefix}{{nicks}}:epoch"
         self.rooms = f"{prefix}{{rooms}}"
         self.events = f"{prefix}{{events}}"
 
@@ -56,6 +59,10 @@ class Keys:
 
     def history(self, room: str) -> str:
         return f"{self.prefix}{{room:{room}}}:hist"
+
+    def once(self, room: str, msg_key: str) -> str:
+        """Marks one message as published (a retry returns its id instead of repeating)."""
+        return f"{self.prefix}{{room:{room}}}:once:{msg_key}"
 
     def room_channel(self, room: str) -> str:
         return f"{self.prefix}{{room:{room}}}:ch"

@@ -65,10 +65,28 @@ class _NodeCollector(Collector):
             ("leases_lost", "Names whose lease was found not ours any more.",
              relay.stats.leases_lost),
             ("names_reaped", "Names of dead nodes released by this node.", relay.stats.reaped),
+            ("outbox_held", "Messages that waited in the outbox for Redis.",
+             relay.stats.outboxed),
+            ("outbox_expired", "Messages not relayed: Redis stayed away too long.",
+             relay.stats.outbox_expired),
+            ("outbox_refused", "Messages not relayed: the outbox was full.",
+             relay.stats.outbox_refused),
+            ("redis_data_resets", "Times Redis was found to have lost its data.",
+             relay.stats.data_resets),
             ("deaf_subscription_rebuilds", "Subscriptions rebuilt because canaries stopped "
              "coming back while Redis answered.", relay.stats.deaf_rebuilds),
         ):
             yield CounterMetricFamily(f"hubbub_{name}", doc, value=value)
+        refused = CounterMetricFamily("hubbub_connections_refused", "Connections refused at "
+                                      "connect, by reason (node-full, per-ip, ip-rate).",
+                                      labels=["reason"])
+        for reason, count in node.stats.refused.items():
+            refused.add_metric([reason], count)
+        yield refused
+        yield CounterMetricFamily("hubbub_flood_disconnects", "Clients disconnected for "
+                                  "flooding (rate-limited).", value=node.stats.flood_disconnects)
+        yield CounterMetricFamily("hubbub_accept_pauses", "Times accepting paused for want "
+                                  "of file descriptors.", value=node.stats.accept_pauses)
         yield from relay.publish_seconds.collect()
         yield from relay.canary_seconds.collect()
 

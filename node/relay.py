@@ -23,10 +23,12 @@ Theory of operation
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -36,13 +38,15 @@ import structlog
 from prometheus_client import Histogram
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import envelope as env
 from . import scripts
 from .backoff import backoff
 from .config import NodeConfig
-from .errors import NoSuchNick, RelayUnavailable
+from .errors import NoSuchNick, RedisMisconfigured, RelayUnavailable
 from .keys import Keys
 
 __all__ = ["BusSink", "ClaimResult", "NameInfo", "Relay", "RelayStats", "describe"]
@@ -62,6 +66,8 @@ class BusSink(Protocol):
 
     def on_resubscribed(self) -> None: ...
 
+    def on_redis_reset(self) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class NameInfo:
@@ -71,17 +77,23 @@ class NameInfo:
     token: str
     node: str
     rooms: tuple[str, ...]
+    prev: str | None = None
+    """The token this session resumed from (its previous session's)."""
 
     def serialize(self) -> str:
-        return json.dumps({"nick": self.nick, "token": self.token, "node": self.node,
-                           "rooms": list(self.rooms)}, separators=(",", ":"),
-                          ensure_ascii=False)
+        body: dict[str, Any] = {"nick": self.nick, "token": self.token, "node": self.node,
+                                "rooms": list(self.rooms)}
+        if self.prev:
+            body["prev"] = self.prev
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def parse(cls, data: bytes | str) -> NameInfo:
         d = json.loads(data)
+        prev = d.get("prev")
         return cls(nick=str(d["nick"]), token=str(d["token"]), node=str(d["node"]),
-                   rooms=tuple(str(r) for r in d.get("rooms", ())))
+                   rooms=tuple(str(r) for r in d.get("rooms", ())),
+                   prev=str(prev) if prev else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +114,10 @@ class RelayStats:
     leases_lost: int = 0
     reaped: int = 0
     deaf_rebuilds: int = 0
+    data_resets: int = 0
+    outboxed: int = 0
+    outbox_expired: int = 0
+    outbox_refused: int = 0
 
 
 @asynccontextmanager
@@ -130,6 +146,13 @@ class Relay:
         self._ready = asyncio.Event()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._rebuild = False
+        self._msg_keys = itertools.count(1)
+        self._outbox: deque[tuple[env.RoomMsg, str, float, asyncio.Future[str]]] = deque()
+        self._flusher: asyncio.Task[None] | None = None
+        # a retry may come up to outbox_seconds (+ one command timeout) after the first try
+        self._once_ttl_ms = int((config.outbox_seconds + 2 * config.redis_timeout + 5) * 1000)
+        self._policy_checked = False
+        self._epoch: bytes | str | None = None
         self._subscribed_at = 0.0
         self._canary_seq = 0
         self._canary_sent: dict[int, float] = {}
@@ -290,11 +313,14 @@ class Relay:
             await pipe.execute()
 
     async def rename_in_rooms(self, old_folded: str, new_folded: str, old: str, new: str,
-                              rooms: Sequence[str], sid: str) -> None:
+                              rooms: Sequence[str], sid: str, *,
+                              move_members: bool = True) -> None:
+        """Announce a nick change to ``rooms`` (and move the membership entries, unless
+        the old name now belongs to someone else)."""
         k = self.keys
         async with _translated("nick"):
             pipe = self._redis.pipeline(transaction=False)
-            for room in rooms:
+            for room in rooms if move_members else ():
                 if old_folded != new_folded:
                     pipe.hdel(k.members(room), old_folded)
                 pipe.hset(k.members(room), new_folded, new)
@@ -350,15 +376,70 @@ class Relay:
     # ------------------------------------------------------------------ publishing
 
     async def say(self, msg: env.RoomMsg) -> str:
-        """Store and publish a room message in one atomic step; returns its id."""
+        """Store and publish a room message in one atomic step; returns its id.
+
+        While Redis cannot be reached the message waits in the node's outbox (at most
+        ``outbox_seconds`` and ``outbox_max`` messages), behind any that wait already, and
+        is published in order when Redis is back; past the bounds RelayUnavailable tells
+        the sender it was not relayed.  Nothing is dropped without its sender knowing.
+        """
+        once = f"{self.node_id}:{next(self._msg_keys)}"
+        if not self._outbox:
+            try:
+                return await self._publish_once(msg, once)
+            except RelayUnavailable as exc:
+                if not _transient(exc) or self._cfg.outbox_seconds <= 0:
+                    raise
+        if len(self._outbox) >= self._cfg.outbox_max:
+            self.stats.outbox_refused += 1
+            raise RelayUnavailable("the cluster relay is unavailable and this node's outbox "
+                                   "is full; your message was not sent")
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[str] = loop.create_future()
+        self._outbox.append((msg, once, loop.time(), waiter))
+        self.stats.outboxed += 1
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_outbox(), name="relay-outbox")
+        return await waiter
+
+    async def _publish_once(self, msg: env.RoomMsg, once: str) -> str:
         k = self.keys
         started = time.perf_counter()
         async with _translated("publish"):
-            new_id = await self._publish(keys=[k.history(msg.room), k.room_channel(msg.room)],
-                                         args=[msg.serialize(), self._cfg.history_max])
+            new_id = await self._publish(
+                keys=[k.history(msg.room), k.room_channel(msg.room), k.once(msg.room, once)],
+                args=[msg.serialize(), self._cfg.history_max, self._once_ttl_ms])
         self.publish_seconds.observe(time.perf_counter() - started)
         self.stats.published += 1
         return new_id.decode() if isinstance(new_id, bytes) else str(new_id)
+
+    async def _flush_outbox(self) -> None:
+        """Publish the outbox in order; expire what waited too long."""
+        loop = asyncio.get_running_loop()
+        delays = backoff(initial=0.05, maximum=0.5)
+        cause: BaseException | None = None
+        while self._outbox:
+            now = loop.time()
+            while self._outbox and now - self._outbox[0][2] > self._cfg.outbox_seconds:
+                _, _, _, waiter = self._outbox.popleft()
+                self.stats.outbox_expired += 1
+                if not waiter.done():
+                    error = RelayUnavailable(
+                        "the cluster relay stayed unavailable; your message was not sent")
+                    error.__cause__ = cause
+                    waiter.set_exception(error)
+            if not self._outbox:
+                break
+            msg, once, _, waiter = self._outbox[0]
+            try:
+                new_id = await self._publish_once(msg, once)
+            except RelayUnavailable as exc:
+                cause = exc.__cause__
+                await asyncio.sleep(next(delays))
+                continue
+            self._outbox.popleft()
+            if not waiter.done():
+                waiter.set_result(new_id)
 
     async def private(self, msg: env.DirectMsg, node: str) -> None:
         """Publish a private message to the node holding its recipient."""
@@ -413,6 +494,8 @@ class Relay:
             pubsub = self._redis.pubsub()
             try:
                 await self._load_scripts()
+                if not self._policy_checked:
+                    await self._check_policy()
                 await self._subscribe_all(pubsub)
                 self._pubsub = pubsub
                 self._ready.set()
@@ -428,7 +511,7 @@ class Relay:
                     if message is not None:
                         self._dispatch(message)
                 raise ConnectionError("subscription deaf: canaries stopped coming back")
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, RedisMisconfigured):
                 raise
             except Exception as exc:  # a dead listener is a deaf node: never let it die
                 self._ready.clear()
@@ -443,6 +526,25 @@ class Relay:
                 self._pubsub = None
                 with suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _check_policy(self) -> None:
+        """Refuse a Redis that may evict keys: an evicted lease would grant a name twice."""
+        try:
+            async with asyncio.timeout(self._cfg.redis_timeout):
+                found = await self._redis.config_get("maxmemory-policy")
+        except ResponseError as exc:  # CONFIG not allowed (managed Redis, ACL): say so
+            log.warning("cannot check redis maxmemory-policy", error=describe(exc))
+            self._policy_checked = True
+            return
+        policy = _text(next(iter(found.values()), b"noeviction") or b"noeviction")
+        self._policy_checked = True
+        if policy != "noeviction":
+            if not self._cfg.allow_eviction:
+                raise RedisMisconfigured(
+                    f"Redis maxmemory-policy is {policy!r}: it may evict a nickname's lease "
+                    "and grant the name twice. Set maxmemory-policy noeviction, or start "
+                    "with --allow-eviction to accept the risk.")
+            log.warning("redis may evict keys; names could be granted twice", policy=policy)
 
     async def _load_scripts(self) -> None:
         """Load every script up front (after each reconnect: a restarted Redis forgot them),
@@ -515,7 +617,26 @@ class Relay:
             except (RedisError, OSError) as exc:
                 log.debug("canary publish failed", error=describe(exc))
             self._check_deaf(loop.time())
+            try:
+                async with asyncio.timeout(self._cfg.redis_timeout):
+                    await self._check_epoch()
+            except (RedisError, OSError) as exc:
+                log.debug("epoch check failed", error=describe(exc))
             await asyncio.sleep(self._cfg.canary_interval)
+
+    async def _check_epoch(self) -> None:
+        """Notice a Redis that lost its data (restarted without persistence, flushed):
+        the cluster's epoch key, set once by whichever node comes first, is gone or new."""
+        key = self.keys.epoch
+        epoch = await self._redis.get(key)
+        if epoch is None:
+            await self._redis.set(key, secrets.token_hex(8), nx=True)
+            epoch = await self._redis.get(key)
+        if self._epoch is not None and epoch != self._epoch:
+            self.stats.data_resets += 1
+            log.warning("redis lost its data; re-asserting names and rooms")
+            self._sink.on_redis_reset()
+        self._epoch = epoch
 
     def _check_deaf(self, now: float) -> None:
         """Redis answers but our canaries stopped coming back for twice the readiness
@@ -620,6 +741,11 @@ def _pairs(flat: Sequence[bytes | str]) -> list[tuple[str, NameInfo]]:
         except (ValueError, KeyError):
             continue
     return out
+
+
+def _transient(exc: RelayUnavailable) -> bool:
+    """Redis unreachable or slow (worth waiting for), not a command Redis refused."""
+    return isinstance(exc.__cause__, OSError | RedisConnectionError | RedisTimeoutError)
 
 
 def describe(exc: BaseException) -> str:

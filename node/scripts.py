@@ -149,11 +149,17 @@ if redis.call('SCARD', KEYS[5]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) e
 return out
 """
 
-# KEYS: history stream, room channel
-# ARGV: envelope JSON without id (starts with '{'), maxlen
+# KEYS: history stream, room channel, the message's once-key
+# ARGV: envelope JSON without id (starts with '{'), maxlen, once-key ttl_ms
 # XADD and PUBLISH in one atomic step; the id is spliced in as the envelope's first member.
+# The once-key makes a retry idempotent: an attempt that timed out may still have run (a
+# frozen Redis executes what it had read once it thaws), so a retry of the same message
+# returns the id it already got instead of publishing it twice.
 PUBLISH_MSG = """
+local done = redis.call('GET', KEYS[3])
+if done then return done end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
 redis.call('PUBLISH', KEYS[2], '{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2))
+redis.call('SET', KEYS[3], id, 'PX', ARGV[3])
 return id
 """

@@ -19,16 +19,18 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from redis.asyncio import Redis
 
 from . import envelope as env
 from .config import NodeConfig
-from .errors import NickTaken, NoSuchNick, RelayUnavailable
+from .errors import NickTaken, NoSuchNick, RedisMisconfigured, RelayUnavailable
 from .feeds import RoomFeed
+from .gate import Gate
 from .http import HttpEndpoint
+from .limits import REFUSALS
 from .model import (
     Bye,
     Error,
@@ -36,11 +38,12 @@ from .model import (
     Joined,
     Message,
     NickChanged,
+    Notice,
     Parted,
     Private,
     Quitted,
 )
-from .names import fold_nick
+from .names import MAX_NICK, fold_nick
 from .relay import NameInfo, Relay
 from .session import Session
 
@@ -55,6 +58,10 @@ class NodeStats:
     slow_consumers: int = 0
     delivered: int = 0
     repaired: int = 0
+    flood_disconnects: int = 0
+    accept_pauses: int = 0
+    refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSALS, 0))
+    """Connections refused at connect, by reason (see :data:`node.limits.REFUSALS`)."""
 
 
 class ChatNode:
@@ -76,6 +83,7 @@ class ChatNode:
         self._stopping = asyncio.Event()
         self._server: asyncio.Server | None = None
         self.http = HttpEndpoint(self)
+        self.gate = Gate(config, self.stats)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -83,11 +91,13 @@ class ChatNode:
         """Start the relay and the listener, serve until :meth:`stop`, then shut down."""
         structlog.contextvars.bind_contextvars(node=self.config.node_id)
         relay_task = asyncio.create_task(self.relay.run(), name="relay")
+        relay_task.add_done_callback(lambda _: self._stopping.set())  # it only ends on error
         try:
             self._server = await asyncio.start_server(
                 self._on_connect, self.config.host, self.config.port,
                 backlog=self.config.backlog, reuse_address=True)
             self.port = self._server.sockets[0].getsockname()[1]
+            self.gate.start(self._server)
             log.info("node listening", host=self.config.host, port=self.port)
             if self.config.http_port:
                 await self.http.start(self.config.http_host, self.config.http_port)
@@ -109,6 +119,7 @@ class ChatNode:
         # 1. stop accepting
         if self._server is not None:
             self._server.close()
+            self.gate.stop()
         # 2. tell every client, stop reading; each session's cleanup releases its name
         for session in list(self.sessions):
             session.shutdown("node shutting down")
@@ -126,10 +137,14 @@ class ChatNode:
         except (RelayUnavailable, TimeoutError):
             log.warning("could not remove heartbeat; it will expire")
         relay_task.cancel()
-        await asyncio.gather(relay_task, return_exceptions=True)
+        failure = (await asyncio.gather(relay_task, return_exceptions=True))[0]
         # 5. the HTTP endpoint last: /readyz said "shutting down" all along the drain
         await self.http.stop()
         log.info("node stopped")
+        if isinstance(failure, BaseExceptionGroup):
+            fatal = failure.subgroup(RedisMisconfigured)
+            if fatal is not None:
+                raise fatal.exceptions[0]
 
     async def _on_connect(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
@@ -137,6 +152,8 @@ class ChatNode:
         assert task is not None
         if self._stopping.is_set():
             writer.close()
+            return
+        if not self.gate.admit(writer):
             return
         self._conn_tasks.add(task)
         session = Session(self, reader, writer)
@@ -154,11 +171,13 @@ class ChatNode:
             self.sessions.discard(session)
             self.by_sid.pop(session.sid, None)
             self._conn_tasks.discard(task)
+            self.gate.release(writer)
 
     # ------------------------------------------------------------------ names
 
     def _info(self, s: Session, nick: str | None = None) -> NameInfo:
-        return NameInfo(nick or s.nick, s.token, self.config.node_id, tuple(s.rooms))
+        return NameInfo(nick or s.nick, s.token, self.config.node_id, tuple(s.rooms),
+                        prev=s.resumed_from)
 
     async def register(self, s: Session, nick: str, folded: str) -> None:
         if folded in self.local:
@@ -181,7 +200,9 @@ class ChatNode:
         if folded in self.local:
             return False
         s.token = self.relay.new_token()
+        s.resumed_from = token
         if not await self.relay.resume(folded, token, self._info(s, nick)):
+            s.resumed_from = None
             return False
         s.nick, s.folded = nick, folded
         self.local[folded] = s
@@ -228,18 +249,31 @@ class ChatNode:
             task.add_done_callback(self._background.discard)
 
     async def _reassert(self, s: Session, folded: str) -> None:
-        """Our lease ran out (Redis was away): take the name back unless someone has it."""
+        """Our lease ran out (Redis was away or lost its data): take the name back.  If
+        the session resumed elsewhere, this one is stale and ends; if someone else claimed
+        the name meanwhile, the first claimant keeps it and this user gets a free variant."""
         try:
             result = await self.relay.claim(folded, self._info(s))
+            if result.ok:
+                log.info("lease re-asserted", nick=s.nick)
+                return
+            holder = await self.relay.lookup(folded)
         except RelayUnavailable:
             return  # still away; the next renewal reports it again
-        if result.ok:
-            log.info("lease re-asserted", nick=s.nick)
-            return
-        log.warning("nickname lost to another session", nick=s.nick)
+        if self.local.get(folded) is not s:
+            return  # the session moved on meanwhile
+        if holder is not None and holder.token == s.token:
+            return  # re-asserted by another path already
+        if holder is not None and holder.prev == s.token:
+            await self._stale(s, folded)
+        else:
+            await self._rename_away(s, folded)
+
+    async def _stale(self, s: Session, folded: str) -> None:
+        """The user resumed this session on another node: end this copy quietly."""
+        log.warning("nickname resumed elsewhere; closing this session", nick=s.nick)
         self.relay.forget(folded)
-        if self.local.get(folded) is s:
-            del self.local[folded]
+        del self.local[folded]
         for room in list(s.rooms):  # local only: the new holder keeps its membership
             await self._leave_local(s, room)
         s.rooms.clear()
@@ -247,9 +281,67 @@ class ChatNode:
         with contextlib.suppress(RelayUnavailable):
             await self.relay.release(folded, s.token)  # compare-and-delete: tidies only
         s.end("nickname lost",
-              Error("nick-lost", "your nickname was taken over (resumed elsewhere, or "
-                                 "claimed while the cluster could not reach you)"),
+              Error("nick-lost", "your nickname was taken over by your session on "
+                                 "another node"),
               Bye("nickname lost"))
+
+    async def _rename_away(self, s: Session, folded: str) -> None:
+        """Someone else claimed this user's name while the cluster could not vouch for it:
+        they keep it (first claimant wins); this user gets the first free ``NICK_2``..."""
+        old = s.nick
+        self.relay.forget(folded)
+        base = old[: MAX_NICK - 3]
+        for n in range(2, 100):
+            new = f"{base}_{n}"
+            new_folded = fold_nick(new)
+            if new_folded in self.local:
+                continue
+            try:
+                result = await self.relay.claim(new_folded, self._info(s, new))
+            except RelayUnavailable:
+                break
+            if result.ok:
+                break
+        else:
+            result = None
+        if result is None or not result.ok:
+            await self._stale(s, folded)  # no variant to be had: end the session
+            return
+        if self.local.get(folded) is s:
+            del self.local[folded]
+        self.local[new_folded] = s
+        s.nick, s.folded = new, new_folded
+        log.warning("nickname claimed by someone else; renamed", old=old, new=new)
+        s.send(Notice(f"your nickname {old} was claimed by someone else while the cluster "
+                      f"could not vouch for it; you are now {new}"))
+        with contextlib.suppress(RelayUnavailable):
+            for room in s.rooms:
+                await self.relay.join(room, new_folded, self._info(s), announce=False)
+            await self.relay.rename_in_rooms(folded, new_folded, old, new, s.rooms, s.sid,
+                                             move_members=False)
+
+    def on_redis_reset(self) -> None:
+        task = asyncio.create_task(self._after_reset())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _after_reset(self) -> None:
+        """Redis lost its data: re-assert every name, rebuild room membership, restart
+        the gap bookkeeping, and tell room members their history may have a hole."""
+        try:
+            await self.relay.renew()  # heartbeat back; every lease reported lost
+            for s in list(self.local.values()):
+                for room in s.rooms:
+                    await self.relay.join(room, s.folded, self._info(s), announce=False)
+            for room, feed in self.feeds.items():
+                feed.last = None
+                feed.start = await self.relay.latest_id(room)
+        except RelayUnavailable:
+            log.warning("could not rebuild after the data loss yet")
+        notice = Notice("the cluster's store restarted: history before this point may be "
+                        "incomplete")
+        for members in self.rooms.values():
+            self._fan_out(notice, members)
 
     # ------------------------------------------------------------------ rooms
 

@@ -7,9 +7,12 @@ the sans-I/O :class:`~node.protocol.ServerConnection` and carries out each comma
 order (so one sender's messages are relayed in the order it sent them); the *writer*
 takes everything queued in the :class:`~node.outbox.SendQueue` and writes it as one chunk.
 Registration (choosing a free nickname) must finish within ``register_timeout`` of the
-connect; a trickle of bytes does not extend it.  Whatever ends the session — quit, EOF,
-a fatal protocol error, a slow reader, node shutdown, a crash — one ``finally`` releases
-the nickname, leaves the rooms and closes the socket.
+connect; a trickle of bytes does not extend it.  Commands that publish pass the session's
+:class:`~node.limits.FloodGuard` first: past the burst the reader waits for a token (the
+client's further lines wait in its socket), and a client that stays over budget is sent
+``rate-limited`` and disconnected (quit reason ``flooding``).  Whatever ends the
+session — quit, EOF, a fatal protocol error, a slow reader, a flood, node shutdown, a
+crash — one ``finally`` releases the nickname, leaves the rooms and closes the socket.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from .errors import (
     NotInRoom,
     NotRegistered,
     ProtocolError,
+    RateLimited,
     RelayUnavailable,
 )
+from .limits import FloodGuard
 from .model import (
     Ack,
     AskNick,
@@ -89,6 +94,8 @@ HELP = """commands:
 //text              say a line that starts with /"""
 
 _ids = itertools.count(1)
+_PUBLISHING = (Say, Me, Msg, Nick, Join, Part)
+"""Commands that publish to the cluster: these are subject to flood control."""
 _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}", re.ASCII)
 
 
@@ -102,9 +109,13 @@ class Session:
         self.sid = f"{cfg.node_id}/{next(_ids)}"
         self.conn = ServerConnection(max_line=cfg.max_line, max_buffer=cfg.max_buffer)
         self.queue = SendQueue(cfg.send_queue_bytes, cfg.send_queue_lines)
+        self.flood = FloodGuard(cfg.rate, cfg.burst, cfg.flood_disconnect,
+                                asyncio.get_running_loop().time())
         self.nick = ""
         self.folded = ""
         self.token = ""
+        self.resumed_from: str | None = None
+        """The token of the session this one resumed (it tells a stale copy to end)."""
         self.rooms: list[str] = []  # joined rooms; the last one is the current room
         self.close_reason = "connection closed"
         """Why the session ended, for the log."""
@@ -282,11 +293,30 @@ class Session:
             elif not self.registered and not isinstance(cmd, Who | Rooms):
                 raise NotRegistered()  # /who ROOM and /rooms may look before joining
             else:
+                if isinstance(cmd, _PUBLISHING) and not await self._throttle(cmd):
+                    return False
                 await self._command(cmd)
         except HubbubError as exc:
             if exc.ref is None:
                 exc.ref = cmd.ref
             self._refuse(exc)
+        return True
+
+    async def _throttle(self, cmd: Command) -> bool:
+        """Wait until the session's rate allows ``cmd``; False: flooding, disconnect."""
+        delay = self.flood.admit(asyncio.get_running_loop().time())
+        if delay is None:
+            cfg = self.node.config
+            self.node.stats.flood_disconnects += 1
+            self.close_reason = "flooding"
+            log.warning("flooding client disconnected", over=self.flood.over)
+            self.send(Error(RateLimited.code,
+                            f"more than {cfg.flood_disconnect} messages over the rate limit "
+                            f"({cfg.rate:g} per second, bursts of {cfg.burst}); goodbye",
+                            cmd.ref))
+            return False
+        if delay:
+            await asyncio.sleep(delay)  # the client's next lines wait in its socket
         return True
 
     async def _hello(self, cmd: Hello) -> None:

@@ -280,3 +280,69 @@ async def test_a_subscription_gap_is_repaired_from_the_stream(
         texts = [(await alice.event("msg"))["text"] for _ in range(6)]
         assert texts == [f"gap {i}" for i in range(5)] + ["after"]
         assert a.stats.repaired >= 5  # "after" may come from the stream too
+
+
+async def test_redis_losing_its_data_is_noticed_and_repaired(
+        fake_server: fakeredis.FakeServer) -> None:
+    """Redis restarted empty: names, rooms and the heartbeat come back by themselves,
+    members are told history may have a hole, and nobody has to reconnect."""
+    fast = {"canary_interval": 0.1}
+    async with running_node(fake_server, "n1", **fast) as a, \
+            running_node(fake_server, "n2", **fast) as b:
+        alice = await text_user(port(a), "alice")
+        bob = await text_user(port(b), "bob")
+        await alice.expect("* bob joined")
+        r = fakeredis.FakeAsyncRedis(server=fake_server)
+        try:
+            await r.flushall()  # the test's own in-memory server, not anything shared
+            # a newcomer grabs bob's name before node 2 noticed: first claimant wins
+            thief = await text_user(port(a), "bob")
+            await alice.expect("* the cluster's store restarted")
+            note = await bob.expect("* your nickname bob was claimed")
+            assert note.endswith("you are now bob_2")
+            assert await alice.expect("* bob is now") == "* bob is now bob_2"
+            # names are held again: alice cannot be taken, and membership is back
+            late = await LineClient.connect(port(b))
+            await late.expect("* GET_NAME")
+            await late.send("alice")
+            assert (await late.expect("!")).startswith("! nick-taken")
+            await thief.send("/who")
+            assert await thief.expect("* lobby:") == "* lobby: 3 users: alice, bob, bob_2"
+            await bob.send("still here")
+            assert await alice.expect("[lobby] bob_2") == "[lobby] bob_2: still here"
+            assert a.relay.stats.data_resets == 1 and b.relay.stats.data_resets == 1
+        finally:
+            await r.aclose()
+
+
+async def test_messages_said_while_redis_is_away_wait_in_the_outbox(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server, reconnect_max=0.2) as (a, b):
+        alice = await json_user(port(a), "alice")
+        bob = await json_user(port(b), "bob")
+        await alice.event("join", nick="bob")
+        fake_server.connected = False  # Redis unreachable for everyone
+        try:
+            for i in range(3):
+                await alice.op("say", text=f"held {i}", ref=i)
+            await wait_until(lambda: a.relay.stats.outboxed >= 1)
+        finally:
+            fake_server.connected = True
+        acks = [(await alice.event("ack", ref=i))["id"] for i in range(3)]
+        got = [await bob.event("msg") for _ in range(3)]
+        assert [g["text"] for g in got] == ["held 0", "held 1", "held 2"]
+        assert [g["id"] for g in got] == acks
+
+
+async def test_past_the_outbox_bound_the_sender_is_told(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with running_node(fake_server, outbox_seconds=0.2) as a:
+        alice = await json_user(port(a), "alice")
+        fake_server.connected = False
+        try:
+            await alice.op("say", text="into the void", ref="v")
+            error = await alice.event("error", ref="v")
+        finally:
+            fake_server.connected = True
+        assert error["code"] == "relay-unavailable"
+        assert a.relay.stats.outbox_expired == 1

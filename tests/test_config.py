@@ -83,3 +83,45 @@ def test_every_problem_is_reported_at_once() -> None:
 ])
 def test_edge_values_are_accepted(overrides: dict[str, Any]) -> None:
     NodeConfig(**{"node_id": "n1", **overrides})
+
+
+def test_abuse_limits_defaults_zero_means_off_and_nonsense_is_refused() -> None:
+    cfg = NodeConfig(node_id="n1")
+    assert (cfg.rate, cfg.burst, cfg.flood_disconnect) == (5.0, 20, 100)
+    assert (cfg.max_connections, cfg.max_per_ip) == (10000, 50)
+    assert (cfg.conn_rate_per_ip, cfg.conn_burst_per_ip) == (20.0, 40)
+    assert (cfg.keepalive_idle, cfg.keepalive_interval, cfg.keepalive_count) == (30, 10, 3)
+    assert cfg.backlog == 1024
+    NodeConfig(node_id="n1", rate=0, max_connections=0, max_per_ip=0, conn_rate_per_ip=0,
+               keepalive_idle=0, flood_disconnect=0)
+    for bad in ({"rate": -1}, {"burst": 0}, {"flood_disconnect": -1}, {"max_per_ip": -1},
+                {"max_connections": -1}, {"conn_rate_per_ip": -0.5},
+                {"conn_burst_per_ip": 0}, {"keepalive_idle": -1},
+                {"keepalive_interval": 0}, {"keepalive_count": 0}):
+        with pytest.raises(ValueError):
+            NodeConfig(node_id="n1", **bad)
+
+
+def test_cli_reads_the_abuse_limits_from_hubbub_variables(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import cli.main
+    import cli.run_node
+
+    got: list[NodeConfig] = []
+    monkeypatch.setattr(cli.run_node, "run_node", got.append)
+    monkeypatch.setattr(cli.main, "configure_logging", lambda **_: None)
+    env = {"HUBBUB_RATE": "2.5", "HUBBUB_BURST": "7", "HUBBUB_FLOOD_DISCONNECT": "9",
+           "HUBBUB_MAX_CONNECTIONS": "300", "HUBBUB_MAX_PER_IP": "0",
+           "HUBBUB_CONN_RATE_PER_IP": "1.5", "HUBBUB_CONN_BURST_PER_IP": "3",
+           "HUBBUB_KEEPALIVE_IDLE": "20", "HUBBUB_KEEPALIVE_INTERVAL": "5",
+           "HUBBUB_KEEPALIVE_COUNT": "4"}
+    result = CliRunner().invoke(cli.main.app, ["node", "--node-id", "n1", "--burst", "8"],
+                                env=env)
+    assert result.exit_code == 0, result.output
+    (cfg,) = got
+    assert (cfg.rate, cfg.burst, cfg.flood_disconnect) == (2.5, 8, 9)
+    assert (cfg.max_connections, cfg.max_per_ip) == (300, 0)
+    assert (cfg.conn_rate_per_ip, cfg.conn_burst_per_ip) == (1.5, 3)
+    assert (cfg.keepalive_idle, cfg.keepalive_interval, cfg.keepalive_count) == (20, 5, 4)

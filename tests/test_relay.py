@@ -32,6 +32,7 @@ class Sink:
         self.envelopes: list[env.Envelope] = []
         self.lost: list[str] = []
         self.resubscribed = 0
+        self.resets = 0
         self._changed = asyncio.Event()
 
     def on_envelope(self, envelope: env.Envelope) -> None:
@@ -44,6 +45,10 @@ class Sink:
 
     def on_resubscribed(self) -> None:
         self.resubscribed += 1
+        self._changed.set()
+
+    def on_redis_reset(self) -> None:
+        self.resets += 1
         self._changed.set()
 
     async def wait_for(self, done: Callable[[], bool]) -> None:
@@ -610,3 +615,17 @@ async def test_rename_in_place_after_losing_the_lease_fails(make_relay: Any, raw
     assert await a.rename("alice", "alice", upper) == ClaimResult(False)
     assert await a.lookup("alice") == successor
     assert await text(raw, a.keys.lease("alice")) == successor.token
+
+
+async def test_a_retried_publish_is_not_published_twice() -> None:
+    server = fakeredis.FakeServer()
+    redis = fakeredis.FakeAsyncRedis(server=server)
+    relay = Relay(redis, NodeConfig(node_id="once"), Sink())
+    msg = env.RoomMsg("lobby", "alice", "once/1", "hello")
+    first = await relay._publish_once(msg, "k1")
+    again = await relay._publish_once(msg, "k1")  # as if the first try had timed out
+    assert again == first
+    assert await redis.xlen(relay.keys.history("lobby")) == 1
+    other = await relay._publish_once(msg, "k2")
+    assert other != first
+    await redis.aclose()

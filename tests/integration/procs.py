@@ -101,14 +101,16 @@ def is_event(name: str) -> Callable[[str], bool]:
 
 
 @contextlib.asynccontextmanager
-async def redis_server(port: int | None = None) -> AsyncIterator[tuple[str, Proc]]:
-    """A throwaway redis-server on 127.0.0.1 (nothing on disk); yields its URL."""
+async def redis_server(port: int | None = None, *extra: str
+                       ) -> AsyncIterator[tuple[str, Proc]]:
+    """A throwaway redis-server on 127.0.0.1 (nothing on disk); yields its URL.  ``extra``
+    are more redis-server arguments (e.g. ``--maxmemory-policy``, ``allkeys-lru``)."""
     binary = require_binary("redis-server")
     port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="hubbub-test-redis-") as workdir:
         child = await asyncio.create_subprocess_exec(
             binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", workdir, "--loglevel", "notice",
+            "--appendonly", "no", "--dir", workdir, "--loglevel", "notice", *extra,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         assert child.stdout is not None
         proc = Proc(child, child.stdout)
@@ -126,6 +128,9 @@ async def start_node(redis_url: str, node_id: str, *args: str,
     port = port or free_port()
     if "--http-port" not in args:  # never the default 8081: several nodes share this host
         args = ("--http-port", str(free_port()), *args)
+    # Tests connect many clients from 127.0.0.1 and send bursts: no flood control and no
+    # per-address caps unless the caller passes them (a later flag wins).
+    args = ("--rate", "0", "--max-per-ip", "0", "--conn-rate-per-ip", "0", *args)
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cli", "node", "--host", "127.0.0.1", "--port", str(port),
         "--redis-url", redis_url, "--node-id", node_id, "--log-json", *args,

@@ -124,3 +124,20 @@ async def test_node_survives_redis_absence_and_recovers() -> None:
             assert (await c.expect("* welcome")).startswith("* welcome early")
     finally:
         assert await node.stop() == 0
+
+
+async def test_a_redis_that_may_evict_keys_is_refused_unless_allowed() -> None:
+    async with redis_server(None, "--maxmemory-policy", "allkeys-lru") as (url, _):
+        node, _port = await start_node(url, "ev", wait_ready=False)
+        line = await node.wait_line(lambda s: "maxmemory-policy" in s)
+        assert "allkeys-lru" in line and "--allow-eviction" in line
+        async with asyncio.timeout(15):
+            assert await node.proc.wait() == 2
+        await node.stop()
+        allowed, port = await start_node(url, "ev2", "--allow-eviction")
+        try:
+            user = await text_user(port, "risky")
+            await user.send("/ping")
+            await user.expect("* pong")
+        finally:
+            assert await allowed.stop() == 0
