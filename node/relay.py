@@ -147,6 +147,8 @@ class Relay:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._rebuild = False
         self._msg_keys = itertools.count(1)
+        # unique per process: a restarted node must not reuse its predecessor's keys
+        self._once_prefix = f"{config.node_id}:{secrets.token_hex(6)}"
         self._outbox: deque[tuple[env.RoomMsg, str, float, asyncio.Future[str]]] = deque()
         self._flusher: asyncio.Task[None] | None = None
         # a retry may come up to outbox_seconds (+ one command timeout) after the first try
@@ -383,7 +385,7 @@ class Relay:
         is published in order when Redis is back; past the bounds RelayUnavailable tells
         the sender it was not relayed.  Nothing is dropped without its sender knowing.
         """
-        once = f"{self.node_id}:{next(self._msg_keys)}"
+        once = f"{self._once_prefix}:{next(self._msg_keys)}"
         if not self._outbox:
             try:
                 return await self._publish_once(msg, once)

@@ -346,3 +346,19 @@ async def test_past_the_outbox_bound_the_sender_is_told(
             fake_server.connected = True
         assert error["code"] == "relay-unavailable"
         assert a.relay.stats.outbox_expired == 1
+
+
+async def test_a_restarted_node_is_not_mistaken_for_its_predecessor(
+        fake_server: fakeredis.FakeServer) -> None:
+    """A node restarted under the same id publishes anew: its first messages must not be
+    taken for retries of the previous process's (the publish once-keys differ)."""
+    async with running_node(fake_server, "n1") as a:
+        alice = await text_user(port(a), "alice")
+        async with running_node(fake_server, "n2") as b:
+            bob = await text_user(port(b), "bob")
+            await bob.send("before restart")
+            assert await alice.expect("[lobby] bob") == "[lobby] bob: before restart"
+        async with running_node(fake_server, "n2") as b:
+            carol = await text_user(port(b), "carol")
+            await carol.send("after restart")
+            assert await alice.expect("[lobby] carol") == "[lobby] carol: after restart"

@@ -1,0 +1,40 @@
+"""docs/OPERATIONS.md documents every option and environment variable there is."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import typer.core
+import typer.main
+
+from cli.main import app
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "OPERATIONS.md"
+
+
+def _node_options() -> list[Any]:
+    group: Any = typer.main.get_command(app)
+    return [p for p in group.commands["node"].params
+            if isinstance(p, typer.core.TyperOption) and p.name != "help"]
+
+
+def test_every_node_option_and_its_variable_are_in_the_reference() -> None:
+    doc = DOC.read_text()
+    options = _node_options()
+    assert len(options) > 20
+    missing = []
+    for param in options:
+        flag = max(param.opts, key=len)
+        envvar = param.envvar if isinstance(param.envvar, str) else None
+        row = re.search(rf"^\| `{re.escape(flag)}` \| `{envvar}` \|", doc, re.M)
+        if envvar is None or row is None:
+            missing.append(f"{flag} ({envvar})")
+    assert not missing, f"document these `hubbub node` options in {DOC.name}: {missing}"
+
+
+def test_client_variables_are_documented() -> None:
+    doc = DOC.read_text()
+    for var in ("HUBBUB_NODES", "HUBBUB_NICK", "REDIS_PASSWORD"):
+        assert f"`{var}`" in doc
