@@ -461,6 +461,10 @@ class ChatNode:
                 after = got[-1].id
         except RelayUnavailable:
             log.warning("gap repair failed; some messages may be missing", room=room)
+        finally:  # whatever happened, stop holding the room's live messages
+            self._end_repair(room, feed, fetched)
+
+    def _end_repair(self, room: str, feed: RoomFeed, fetched: list[env.RoomMsg]) -> None:
         if self.feeds.get(room) is feed:
             msgs = feed.end_repair(fetched)
             from_stream = {m.id for m in fetched}
