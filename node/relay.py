@@ -28,6 +28,7 @@ import json
 import random
 import secrets
 import time
+import types
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -124,7 +125,9 @@ class RelayStats:
 async def _translated(what: str) -> AsyncIterator[None]:
     try:
         yield
-    except (RedisError, OSError) as exc:
+    except (RedisError, OSError, RuntimeError) as exc:
+        # RuntimeError: uvloop's "unable to perform operation on <TCPTransport closed=True>"
+        # when redis-py writes to a connection that was reset under it
         raise RelayUnavailable(f"the cluster relay (Redis) is unavailable ({what}); "
                                "try again shortly") from exc
 
@@ -493,7 +496,7 @@ class Relay:
     async def _listen(self) -> None:
         delays: Iterable[float] | None = None
         while True:
-            pubsub = self._redis.pubsub()
+            pubsub = self._watch_reconnects(self._redis.pubsub())
             try:
                 await self._load_scripts()
                 if not self._policy_checked:
@@ -528,6 +531,26 @@ class Relay:
                 self._pubsub = None
                 with suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _watch_reconnects(self, pubsub: PubSub) -> PubSub:
+        """redis-py may reconnect a PubSub and resubscribe by itself (its retry policy),
+        behind our back: count every connect after the first as a resubscription, so the
+        gap it left is repaired like any other."""
+        original = pubsub.on_connect
+        connects = 0
+
+        async def on_connect(_: PubSub, connection: Any) -> None:
+            nonlocal connects
+            await original(connection)
+            connects += 1
+            if connects > 1:
+                self.stats.reconnects += 1
+                log.info("relay subscribed", by="client library reconnect")
+                self._sink.on_resubscribed()
+
+        # a bound method: redis-py keeps connect callbacks as weak *methods*
+        pubsub.on_connect = types.MethodType(on_connect, pubsub)  # type: ignore[method-assign]
+        return pubsub
 
     async def _check_policy(self) -> None:
         """Refuse a Redis that may evict keys: an evicted lease would grant a name twice."""
@@ -747,7 +770,8 @@ def _pairs(flat: Sequence[bytes | str]) -> list[tuple[str, NameInfo]]:
 
 def _transient(exc: RelayUnavailable) -> bool:
     """Redis unreachable or slow (worth waiting for), not a command Redis refused."""
-    return isinstance(exc.__cause__, OSError | RedisConnectionError | RedisTimeoutError)
+    return isinstance(exc.__cause__, OSError | RedisConnectionError | RedisTimeoutError |
+                      RuntimeError)
 
 
 def describe(exc: BaseException) -> str:
