@@ -5,6 +5,9 @@ each sender say MESSAGES lines as fast as the node acknowledges them, and report
 long until every receiver had every line:
 
     python benchmarks/quick_cross_node.py --a 5051 --b 5052 --senders 4 --receivers 4
+
+(start the nodes with `--rate 0`: the default per-session rate limit of 5 messages/s
+would otherwise be what this measures)
 """
 
 from __future__ import annotations
