@@ -212,8 +212,9 @@ RESETS = 3
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "known: with the node-to-Redis link reset by the fault proxy, a resubscription is "
-    "sometimes not logged within the bound"))
+    "known bug: the first reset is not noticed (see the pub/sub case), and in 2 of 11 runs "
+    "the node stopped itself: ChatNode ends when the relay task ends and drops its "
+    "exception unless it is RedisMisconfigured"))
 async def test_reset_links_nothing_lost_nobody_disconnected() -> None:
     async with redis_server() as (url, _), FaultProxy("127.0.0.1", port_of(url)) as link:
         nodes = await start_nodes(url, ["x1", "x2"], *base_args(), urls=[link.url(), url])
