@@ -193,7 +193,9 @@ async def test_load_balancer_limits_each_client_address() -> None:
                         await pair[1].wait_closed()
         print(f"\ncompose parity: 60 connections at once from one address through the "
               f"load balancer: {sum(greeted)} greeted, {greeted.count(False)} refused")
-        assert all(greeted[:30]) and not any(greeted[50:])
+        # HAProxy accepts on several threads, so which of the burst it refuses is not
+        # the connect order: count them.
+        assert 30 <= sum(greeted) <= 50, greeted
 
 
 async def test_health_ready_and_metrics_answer_on_every_node() -> None:
