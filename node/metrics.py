@@ -73,6 +73,8 @@ class _NodeCollector(Collector):
              relay.stats.outbox_refused),
             ("redis_data_resets", "Times Redis was found to have lost its data.",
              relay.stats.data_resets),
+            ("relay_loop_restarts", "Relay loops (listen, renew, reap, canary) restarted "
+             "after an unexpected error.", relay.stats.loop_restarts),
             ("deaf_subscription_rebuilds", "Subscriptions rebuilt because canaries stopped "
              "coming back while Redis answered.", relay.stats.deaf_rebuilds),
         ):

@@ -30,7 +30,7 @@ import secrets
 import time
 import types
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -49,6 +49,7 @@ from .backoff import backoff
 from .config import NodeConfig
 from .errors import NoSuchNick, RedisMisconfigured, RelayUnavailable
 from .keys import Keys
+from .pause import cancel_pending, pause
 
 __all__ = ["BusSink", "ClaimResult", "NameInfo", "Relay", "RelayStats", "describe"]
 
@@ -119,6 +120,7 @@ class RelayStats:
     outboxed: int = 0
     outbox_expired: int = 0
     outbox_refused: int = 0
+    loop_restarts: int = 0
 
 
 @asynccontextmanager
@@ -195,12 +197,29 @@ class Relay:
         await self._ready.wait()
 
     async def run(self) -> None:
-        """Listen, renew and reap until cancelled."""
+        """Listen, renew, reap and send canaries until cancelled.  Only a misconfigured
+        Redis ends this: any other failure of one of the loops is logged and that loop
+        starts again, because a node whose relay stopped would be deaf while it looks up."""
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._listen(), name="relay-listen")
-            tg.create_task(self._renew_loop(), name="relay-renew")
-            tg.create_task(self._reap_loop(), name="relay-reap")
-            tg.create_task(self._canary_loop(), name="relay-canary")
+            for name, loop in (("listen", self._listen), ("renew", self._renew_loop),
+                               ("reap", self._reap_loop), ("canary", self._canary_loop)):
+                tg.create_task(self._supervised(name, loop), name=f"relay-{name}")
+
+    async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        delays: Iterator[float] | None = None
+        while True:
+            try:
+                await loop()
+                raise RuntimeError("the loop returned")  # they never do: treat as a failure
+            except (asyncio.CancelledError, RedisMisconfigured):
+                raise
+            except Exception:
+                self.stats.loop_restarts += 1
+                log.exception("relay loop failed; restarting it", loop=name)
+                if delays is None:
+                    delays = backoff(initial=self._cfg.reconnect_min,
+                                     maximum=self._cfg.reconnect_max)
+                await pause(next(delays))
 
     async def close(self) -> None:
         """Forget this node's heartbeat so peers need not wait for it to expire."""
@@ -440,7 +459,7 @@ class Relay:
                 new_id = await self._publish_once(msg, once)
             except RelayUnavailable as exc:
                 cause = exc.__cause__
-                await asyncio.sleep(next(delays))
+                await pause(next(delays))
                 continue
             self._outbox.popleft()
             if not waiter.done():
@@ -512,6 +531,8 @@ class Relay:
                 self._rebuild = False
                 delays = None
                 while not self._rebuild:
+                    if cancel_pending():
+                        raise asyncio.CancelledError
                     message = await pubsub.get_message(timeout=0.5)
                     if message is not None:
                         self._dispatch(message)
@@ -525,7 +546,7 @@ class Relay:
                 if delays is None:
                     delays = backoff(initial=self._cfg.reconnect_min,
                                      maximum=self._cfg.reconnect_max)
-                await asyncio.sleep(next(iter(delays)))
+                await pause(next(iter(delays)))
             finally:
                 self._ready.clear()
                 self._pubsub = None
@@ -534,19 +555,17 @@ class Relay:
 
     def _watch_reconnects(self, pubsub: PubSub) -> PubSub:
         """redis-py may reconnect a PubSub and resubscribe by itself (its retry policy),
-        behind our back: count every connect after the first as a resubscription, so the
-        gap it left is repaired like any other."""
+        behind our back: treat every such connect as a resubscription, so the gap it left
+        is repaired like any other. redis-py registers this callback only after the
+        PubSub's first connection, so every call is a reconnect; and should a version call
+        it for the first connection too, a repair with no gap merely finds nothing."""
         original = pubsub.on_connect
-        connects = 0
 
         async def on_connect(_: PubSub, connection: Any) -> None:
-            nonlocal connects
             await original(connection)
-            connects += 1
-            if connects > 1:
-                self.stats.reconnects += 1
-                log.info("relay subscribed", by="client library reconnect")
-                self._sink.on_resubscribed()
+            self.stats.reconnects += 1
+            log.info("relay subscribed", by="client library reconnect")
+            self._sink.on_resubscribed()
 
         # a bound method: redis-py keeps connect callbacks as weak *methods*
         pubsub.on_connect = types.MethodType(on_connect, pubsub)  # type: ignore[method-assign]
@@ -639,15 +658,15 @@ class Relay:
                 async with asyncio.timeout(self._cfg.redis_timeout):
                     await self._redis.publish(channel, env.Canary(self.node_id, seq).serialize())
                 self.redis_answered_at = loop.time()
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, RuntimeError) as exc:  # RuntimeError: see _translated
                 log.debug("canary publish failed", error=describe(exc))
             self._check_deaf(loop.time())
             try:
                 async with asyncio.timeout(self._cfg.redis_timeout):
                     await self._check_epoch()
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, RuntimeError) as exc:
                 log.debug("epoch check failed", error=describe(exc))
-            await asyncio.sleep(self._cfg.canary_interval)
+            await pause(self._cfg.canary_interval)
 
     async def _check_epoch(self) -> None:
         """Notice a Redis that lost its data (restarted without persistence, flushed):
@@ -696,7 +715,7 @@ class Relay:
             except RelayUnavailable as exc:
                 self.stats.renewal_failures += 1
                 log.warning("lease renewal failed", error=describe(exc.__cause__ or exc))
-            await asyncio.sleep(interval)
+            await pause(interval)
 
     async def renew(self) -> None:
         """Renew the heartbeat and every lease; report the ones that are not ours any more."""
@@ -719,7 +738,7 @@ class Relay:
     async def _reap_loop(self) -> None:
         interval = self._cfg.lease_ttl / 2
         while True:
-            await asyncio.sleep(interval * random.uniform(0.8, 1.0))
+            await pause(interval * random.uniform(0.8, 1.0))
             try:
                 await self.reap()
             except RelayUnavailable as exc:

@@ -629,3 +629,69 @@ async def test_a_retried_publish_is_not_published_twice() -> None:
     other = await relay._publish_once(msg, "k2")
     assert other != first
     await redis.aclose()
+
+
+async def test_a_relay_loop_that_fails_unexpectedly_is_logged_and_restarted(
+        make_relay: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    relay, _ = make_relay("n1", reconnect_min=0.01, reconnect_max=0.02)
+    calls = 0
+    restarted = asyncio.Event()
+
+    async def flaky_reap_loop() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise KeyError("a bug in one round")
+        restarted.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(relay, "_reap_loop", flaky_reap_loop)
+    async with running(relay):
+        async with asyncio.timeout(TIMEOUT):
+            await restarted.wait()
+        assert relay.ready  # the listener never noticed
+    assert relay.stats.loop_restarts == 1
+
+
+async def test_a_transport_error_in_the_canary_round_is_not_fatal(
+        make_relay: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvloop raises RuntimeError when redis-py writes to a transport reset under it."""
+    relay, _ = make_relay("n1", canary_interval=0.01)
+    real_publish = relay._redis.publish
+    failed = asyncio.Event()
+
+    async def publish(*args: Any) -> Any:
+        if not failed.is_set():
+            failed.set()
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+        return await real_publish(*args)
+
+    monkeypatch.setattr(relay._redis, "publish", publish)
+    back = asyncio.Event()
+    canary_back = relay._canary_back
+
+    def seen(canary: env.Canary) -> None:
+        canary_back(canary)
+        back.set()
+
+    monkeypatch.setattr(relay, "_canary_back", seen)
+    async with running(relay):
+        async with asyncio.timeout(TIMEOUT):
+            await failed.wait()
+            await back.wait()  # a later round's canary comes back
+    assert relay.stats.loop_restarts == 0
+
+
+@pytest.mark.parametrize("after", [0.0, 0.013, 0.029, 0.041, 0.057, 0.071, 0.089, 0.1])
+async def test_the_relay_stops_when_cancelled_mid_command(make_relay: Any,
+                                                          after: float) -> None:
+    """redis.asyncio swallows a cancellation that lands while a command is in flight; the
+    relay's loops must still stop (a canary every 10 ms keeps a command in flight)."""
+    relay, _ = make_relay("n1", canary_interval=0.01)
+    task = asyncio.create_task(relay.run())
+    async with asyncio.timeout(TIMEOUT):
+        await relay.wait_ready()
+    await asyncio.sleep(after)  # where the cancellation lands is the parameter
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=TIMEOUT)
+    assert done, "the relay went on after it was cancelled"

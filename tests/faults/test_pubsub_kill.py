@@ -38,10 +38,6 @@ SILENT_RECONNECT = (
     "node's users (0-14 receiver-deliveries lost per 3 kills in our runs)")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug: Relay._watch_reconnects skips the first reconnect of each PubSub (redis-py "
-    "registers on_connect after its first connection, so the first call already is a "
-    "reconnect): that gap is not repaired, 0-4 receiver-deliveries lost per run"))
 async def test_pubsub_killed_resubscribed_and_gap_repaired() -> None:
     async with redis_server() as (url, _), redis_client(url) as r:
         nodes = await start_nodes(url, ["p1", "p2"], *base_args())
