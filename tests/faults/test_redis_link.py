@@ -211,10 +211,6 @@ RESET_LINK = (
 RESETS = 3
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug: the first reset is not noticed (see the pub/sub case), and in 2 of 11 runs "
-    "the node stopped itself: ChatNode ends when the relay task ends and drops its "
-    "exception unless it is RedisMisconfigured"))
 async def test_reset_links_nothing_lost_nobody_disconnected() -> None:
     async with redis_server() as (url, _), FaultProxy("127.0.0.1", port_of(url)) as link:
         nodes = await start_nodes(url, ["x1", "x2"], *base_args(), urls=[link.url(), url])
@@ -244,8 +240,13 @@ async def test_reset_links_nothing_lost_nobody_disconnected() -> None:
             except AssertionError:  # a member's connection ended: count, then report
                 pass
             lost, dups, disorder, _, unanswered = await settle(talkers, [l1, l2])
-            crashed = sum(1 for line in x1.lines if "RuntimeError" in line
-                          or "session crashed" in line)
+            # a failure handled and logged as a warning (a renewal round lost to the reset)
+            # is fine; an error is a crash (a session, or a relay loop restarted)
+            crash_lines = [line for line in x1.lines if '"level": "error"' in line
+                           or '"level": "critical"' in line or "session crashed" in line]
+            crashed = len(crash_lines)
+            for line in crash_lines:
+                print(line[:3000])
             closed = {u.nick: (u.events[-1].get("code") or u.events[-1].get("reason")
                                or u.events[-1].get("ev")) if u.events else None
                       for u in users if u.closed_at is not None}
@@ -255,7 +256,7 @@ async def test_reset_links_nothing_lost_nobody_disconnected() -> None:
                   f"{sum(len(t.refused()) for t in talkers)} refused, {unanswered} "
                   f"unanswered; listeners: lost {lost}, "
                   f"duplicated {dups}, out of order {disorder}; disconnected {closed}; "
-                  f"{crashed} RuntimeError/crash log lines")
+                  f"{crashed} error log lines")
             assert len(resub) == RESETS and max(resub) < 2.0
             assert not closed and crashed == 0 and unanswered == 0
             assert (lost, dups, disorder) == (0, 0, 0)
