@@ -73,6 +73,11 @@ class _NodeCollector(Collector):
              relay.stats.outbox_refused),
             ("redis_data_resets", "Times Redis was found to have lost its data.",
              relay.stats.data_resets),
+            ("name_claim_retries", "Name claims tried again because Redis was away or "
+             "all its connections were busy.", relay.stats.claim_retries),
+            ("departures_deferred", "Departures (leave rooms, announce the quit, release "
+             "the name) Redis could not take at once, retried in the background.",
+             relay.stats.departures_deferred),
             ("relay_loop_restarts", "Relay loops (listen, renew, reap, canary) restarted "
              "after an unexpected error.", relay.stats.loop_restarts),
             ("deaf_subscription_rebuilds", "Subscriptions rebuilt because canaries stopped "

@@ -121,6 +121,20 @@ class RelayStats:
     outbox_expired: int = 0
     outbox_refused: int = 0
     loop_restarts: int = 0
+    claim_retries: int = 0
+    departures_deferred: int = 0
+
+
+@dataclass
+class _Departure:
+    """What is left to do for a user who left while Redis was away."""
+
+    folded: str
+    token: str
+    nick: str
+    rooms: tuple[str, ...]
+    reason: str | None
+    announced: bool = False
 
 
 @asynccontextmanager
@@ -156,6 +170,8 @@ class Relay:
         self._once_prefix = f"{config.node_id}:{secrets.token_hex(6)}"
         self._outbox: deque[tuple[env.RoomMsg, str, float, asyncio.Future[str]]] = deque()
         self._flusher: asyncio.Task[None] | None = None
+        self._departures: dict[str, _Departure] = {}
+        self._departing: asyncio.Task[None] | None = None
         # a retry may come up to outbox_seconds (+ one command timeout) after the first try
         self._once_ttl_ms = int((config.outbox_seconds + 2 * config.redis_timeout + 5) * 1000)
         self._policy_checked = False
@@ -200,10 +216,14 @@ class Relay:
         """Listen, renew, reap and send canaries until cancelled.  Only a misconfigured
         Redis ends this: any other failure of one of the loops is logged and that loop
         starts again, because a node whose relay stopped would be deaf while it looks up."""
-        async with asyncio.TaskGroup() as tg:
-            for name, loop in (("listen", self._listen), ("renew", self._renew_loop),
-                               ("reap", self._reap_loop), ("canary", self._canary_loop)):
-                tg.create_task(self._supervised(name, loop), name=f"relay-{name}")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for name, loop in (("listen", self._listen), ("renew", self._renew_loop),
+                                   ("reap", self._reap_loop), ("canary", self._canary_loop)):
+                    tg.create_task(self._supervised(name, loop), name=f"relay-{name}")
+        finally:
+            if self._departing is not None:  # what is left is reaped once we are gone
+                self._departing.cancel()
 
     async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
         delays: Iterator[float] | None = None
@@ -235,11 +255,31 @@ class Relay:
     # ------------------------------------------------------------------ names
 
     async def claim(self, folded: str, info: NameInfo) -> ClaimResult:
+        """Claim a free name.  While Redis is unreachable or its connections are all busy
+        (a reconnect storm) the claim is tried again for up to ``outbox_seconds``: CLAIM is
+        idempotent for its token, so a try whose reply was lost is harmless.  If it still
+        fails, a claim that may have run is released in the background."""
         k = self.keys
-        async with _translated("claim"):
-            ok, old = await self._claim(
-                keys=[k.nicks, k.lease(folded), k.info, k.owned(self.node_id), k.nodes],
-                args=[folded, info.token, self._ttl_ms, info.serialize(), self.node_id])
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._cfg.outbox_seconds
+        delays = backoff(initial=0.05, maximum=0.5)
+        while True:
+            try:
+                async with _translated("claim"):
+                    ok, old = await self._claim(
+                        keys=[k.nicks, k.lease(folded), k.info, k.owned(self.node_id),
+                              k.nodes],
+                        args=[folded, info.token, self._ttl_ms, info.serialize(),
+                              self.node_id])
+                break
+            except RelayUnavailable as exc:
+                delay = next(delays)
+                if not _transient(exc) or loop.time() + delay > give_up:
+                    self._depart_later(_Departure(folded, info.token, info.nick, (), None,
+                                                  announced=True))
+                    raise
+                self.stats.claim_retries += 1
+                await pause(delay)
         if not ok:
             return ClaimResult(False)
         self._leases[folded] = info.token
@@ -278,6 +318,54 @@ class Relay:
         async with _translated("release"):
             await self._release(keys=[k.nicks, k.lease(folded), k.info, k.owned(self.node_id)],
                                 args=[folded, token])
+
+    async def depart(self, folded: str, token: str, nick: str, rooms: Iterable[str],
+                     reason: str | None) -> None:
+        """A user leaves: its rooms, its quit announced once, its name released.  What
+        Redis could not take now is retried in the background until it can (the name
+        would otherwise stay taken and the user listed in its rooms); RelayUnavailable
+        then says the departure was deferred."""
+        departure = _Departure(folded, token, nick, tuple(rooms), reason)
+        try:
+            await self._depart(departure)
+        except RelayUnavailable:
+            self._depart_later(departure)
+            raise
+
+    async def _depart(self, d: _Departure, *, retry: bool = False) -> None:
+        if not d.announced:
+            if retry:
+                holder = await self.lookup(d.folded)
+                if holder is not None and holder.token != d.token:
+                    # the lease ran out meanwhile and someone else holds the name now:
+                    # its room entries are theirs, and a quit would be about them
+                    d.announced = True
+            if not d.announced:
+                await self.leave_all(d.folded, d.nick, d.rooms, d.reason)
+                d.announced = True
+        await self.release(d.folded, d.token)
+
+    def _depart_later(self, departure: _Departure) -> None:
+        self.stats.departures_deferred += 1
+        self._departures[departure.token] = departure
+        if self._departing is None or self._departing.done():
+            self._departing = asyncio.create_task(self._retry_departures(),
+                                                  name="relay-departures")
+
+    async def _retry_departures(self) -> None:
+        delays = backoff(initial=0.1, maximum=self._cfg.reconnect_max)
+        while self._departures:
+            await pause(next(delays))
+            for token, departure in list(self._departures.items()):
+                try:
+                    await self._depart(departure, retry=True)
+                except RelayUnavailable:
+                    break  # still away: try them all again after the next delay
+                except Exception:
+                    log.exception("deferred departure failed", nick=departure.nick)
+                    break
+                del self._departures[token]
+                log.info("deferred departure done", nick=departure.nick)
 
     def forget(self, folded: str) -> None:
         """Stop renewing a name (it was lost)."""

@@ -16,9 +16,14 @@ __all__ = ["CLAIM", "PUBLISH_MSG", "REAP", "RELEASE", "RENAME", "RENEW", "RESUME
 # KEYS: nicks, lease, info, owned(node), nodes
 # ARGV: folded, token, ttl_ms, info_json, node_id
 # -> {1, previous info or ''} when claimed (a previous info is a stale holder whose lease
-#    ran out: the caller announces its quit), {0, ''} when the name is held.
+#    ran out: the caller announces its quit), {0, ''} when the name is held.  Idempotent:
+#    the holder of the same token (an earlier try whose reply was lost) claims it again.
 CLAIM = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return {0, ''} end
+local cur = redis.call('GET', KEYS[2])
+if cur then
+  if cur == ARGV[2] then return {1, ''} end
+  return {0, ''}
+end
 local old = redis.call('HGET', KEYS[3], ARGV[1]) or ''
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('SADD', KEYS[1], ARGV[1])

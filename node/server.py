@@ -238,8 +238,7 @@ class ChatNode:
         if self.local.get(folded) is s:
             del self.local[folded]
         s.folded = ""
-        await self.relay.leave_all(folded, s.nick, rooms, s.announced_reason)
-        await self.relay.release(folded, token)
+        await self.relay.depart(folded, token, s.nick, rooms, s.announced_reason)
 
     def on_lease_lost(self, folded: str) -> None:
         s = self.local.get(folded)

@@ -204,7 +204,7 @@ class Session:
                         # its name; the cancellation itself goes on after the finally
                         await asyncio.shield(self.node.unregister(self))
                 except (RelayUnavailable, TimeoutError) as exc:
-                    log.warning("could not release name; its lease will expire",
+                    log.warning("could not release name now; retrying in the background",
                                 error=describe(exc))
         finally:
             if self.queue.size:

@@ -140,6 +140,98 @@ async def test_claim_wins_once_and_another_node_cannot_take_it(make_relay: Any,
     assert await b.lookup("nobody") is None
 
 
+async def test_a_claim_whose_reply_was_lost_can_be_tried_again(make_relay: Any) -> None:
+    a, _ = make_relay("node-a")
+    mine = info(a, "alice")
+    assert (await a.claim("alice", mine)).ok
+    assert (await a.claim("alice", mine)).ok  # same token: the earlier try ran after all
+
+
+def failing(times: int, real: Callable[..., Any]) -> Callable[..., Any]:
+    """``real``, but the first ``times`` calls fail as a dropped Redis connection."""
+    left = times
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        nonlocal left
+        if left > 0:
+            left -= 1
+            try:
+                raise redis.exceptions.ConnectionError("Connection reset by peer")
+            except redis.exceptions.ConnectionError as exc:
+                raise RelayUnavailable("relay unavailable (test)") from exc
+        return await real(*args, **kwargs)
+
+    return call
+
+
+async def test_a_claim_is_tried_again_while_redis_is_briefly_away(
+        make_relay: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, _ = make_relay("node-a")
+    monkeypatch.setattr(a, "_claim", failing(2, a._claim))
+    assert (await a.claim("alice", info(a, "alice"))).ok
+    assert a.stats.claim_retries == 2
+
+
+async def test_a_departure_redis_cannot_take_is_finished_in_the_background(
+        make_relay: Any, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, _ = make_relay("node-a")
+    alice = info(a, "alice", ("lobby",))
+    assert (await a.claim("alice", alice)).ok
+    await a.join("lobby", "alice", alice)
+    quits: list[str] = []
+    leave_all = a.leave_all
+
+    async def counted(folded: str, nick: str, rooms: Any, reason: str | None) -> None:
+        await leave_all(folded, nick, rooms, reason)
+        quits.append(nick)
+
+    monkeypatch.setattr(a, "leave_all", failing(1, counted))
+    with pytest.raises(RelayUnavailable):
+        await a.depart("alice", alice.token, "alice", ["lobby"], "bye")
+    assert a._departing is not None
+    await asyncio.wait_for(a._departing, TIMEOUT)
+    assert quits == ["alice"]  # announced once, by the retry
+    assert await a.lookup("alice") is None
+    assert not await raw.hexists(a.keys.members("lobby"), "alice")
+    assert a.stats.departures_deferred == 1
+
+
+async def test_a_deferred_departure_leaves_alone_a_name_someone_else_took(
+        make_relay: Any, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, _ = make_relay("node-a")
+    b, _ = make_relay("node-b")
+    old = info(a, "alice", ("lobby",))
+    assert (await a.claim("alice", old)).ok
+    await a.join("lobby", "alice", old)
+    gate = asyncio.Event()
+    leave_all = a.leave_all
+    calls = 0
+
+    async def blocked(*args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await gate.wait()
+            raise RelayUnavailable("away") from redis.exceptions.ConnectionError("reset")
+        await leave_all(*args)
+
+    monkeypatch.setattr(a, "leave_all", blocked)
+    departing = asyncio.create_task(a.depart("alice", old.token, "alice", ["lobby"], None))
+    # meanwhile a's lease ran out and b's user took the name and joined the same room
+    await raw.delete(a.keys.lease("alice"))
+    new = info(b, "Alice", ("lobby",))
+    assert (await b.claim("alice", new)).ok
+    await b.join("lobby", "alice", new)
+    gate.set()
+    with pytest.raises(RelayUnavailable):
+        await departing
+    assert a._departing is not None
+    await asyncio.wait_for(a._departing, TIMEOUT)
+    assert calls == 1  # no second leave, no quit about b's user
+    assert await b.lookup("alice") == new
+    assert await raw.hget(a.keys.members("lobby"), "alice") == b"Alice"
+
+
 async def test_one_of_100_concurrent_claims_wins(make_relay: Any) -> None:
     a, _ = make_relay("node-a")
     b, _ = make_relay("node-b")
@@ -575,7 +667,7 @@ async def unreachable() -> AsyncIterator[redis.asyncio.Redis]:
 
 async def test_redis_failures_become_relay_unavailable(
         unreachable: redis.asyncio.Redis) -> None:
-    relay = Relay(unreachable, config("node-a"), Sink())
+    relay = Relay(unreachable, config("node-a", outbox_seconds=0), Sink())
     name = info(relay, "alice")
     calls = [
         lambda: relay.claim("alice", name),
