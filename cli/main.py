@@ -105,7 +105,8 @@ def node(
                                    "(0: none).")] = _DEFAULTS.http_port,
     outbox_seconds: Annotated[float, _opt(
         "OUTBOX_SECONDS", "How long a message said while Redis is unreachable waits to be "
-        "published (0: fail at once).")] = _DEFAULTS.outbox_seconds,
+        "published, and how long a name claim keeps trying (0: fail at once).")
+        ] = _DEFAULTS.outbox_seconds,
     outbox_max: Annotated[int, _opt(
         "OUTBOX_MAX", "How many such messages the node holds at most.")] = _DEFAULTS.outbox_max,
     allow_eviction: Annotated[bool, _opt(

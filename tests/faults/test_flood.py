@@ -34,6 +34,9 @@ LIMITS = {"rate": 50, "burst": 20, "flood_disconnect": 50,
 """Small enough for a flood to hit them within a second (defaults: 5/s, bursts of 20,
 disconnect after 100 delayed; 50 connections per address, 20/s, bursts of 40)."""
 FLOOD_LINES = 2000
+JITTER_MS = 2.0
+"""Slack on top of "within 2x" (ms): at p99s of 1-5 ms one scheduler hiccup of this test
+process on a busy 2-core machine is as large as the figure itself."""
 CONN_FLOOD = 200
 
 
@@ -71,7 +74,7 @@ async def test_message_and_connection_floods_leave_others_unaffected() -> None:
             users = await members(port, ["ann", "ben", "cat", "dan"], src=OTHERS)
             [flooder] = await members(port, ["flood"], src=FLOODER)
             users.append(flooder)
-            talkers = [Talker(u, interval=0.1).start() for u in users[:4]]
+            talkers = [Talker(u, interval=0.04).start() for u in users[:4]]
             gc.collect()
             gc.disable()  # this process's collector would stall it and count as latency
             try:
@@ -120,7 +123,7 @@ async def test_message_and_connection_floods_leave_others_unaffected() -> None:
             print(f"\nmessage flood: {FLOOD_LINES} lines at once from {FLOODER}; "
                   f"{relayed} relayed, then {reason.get('code')!r} and disconnected after "
                   f"{flood_end - flood_at:.2f} s ({quit_.get('reason')!r}); 4 others on "
-                  f"{OTHERS} talking 10 lines/s each: {refused} refused, lost {lost}, p99 "
+                  f"{OTHERS} talking 25 lines/s each: {refused} refused, lost {lost}, p99 "
                   f"latency {p99[0]:.1f} ms before / {p99[1]:.1f} ms during / {p99[2]:.1f} ms "
                   f"after.  Connection flood: {CONN_FLOOD} connections from {FLOODER} in "
                   f"{conn_took:.2f} s: {admitted} admitted, {capped} refused with "
@@ -130,7 +133,7 @@ async def test_message_and_connection_floods_leave_others_unaffected() -> None:
             # the burst, then the rate for as long as the flood lasted (+2: timer slack)
             assert relayed <= LIMITS["burst"] + LIMITS["rate"] * (flood_end - flood_at) + 2
             assert refused == 0 and lost == 0
-            assert p99[1] <= 2 * max(p99[0], p99[2])
+            assert p99[1] <= 2 * max(p99[0], p99[2]) + JITTER_MS
             assert admitted + capped == CONN_FLOOD and admitted <= LIMITS["max_per_ip"]
             assert set(outcomes.values()) == {"welcome"}
         finally:
