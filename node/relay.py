@@ -268,7 +268,7 @@ class Relay:
                 async with _translated("claim"):
                     ok, old = await self._claim(
                         keys=[k.nicks, k.lease(folded), k.info, k.owned(self.node_id),
-                              k.nodes],
+                              k.nodes, k.alive(self.node_id)],
                         args=[folded, info.token, self._ttl_ms, info.serialize(),
                               self.node_id])
                 break
@@ -290,7 +290,8 @@ class Relay:
         k = self.keys
         async with _translated("resume"):
             ok, _ = await self._resume(
-                keys=[k.nicks, k.lease(folded), k.info, k.owned(self.node_id), k.nodes],
+                keys=[k.nicks, k.lease(folded), k.info, k.owned(self.node_id), k.nodes,
+                      k.alive(self.node_id)],
                 args=[folded, old_token, info.token, self._ttl_ms, info.serialize(),
                       self.node_id])
         if ok:
@@ -302,7 +303,7 @@ class Relay:
         async with _translated("rename"):
             ok, old = await self._rename(
                 keys=[k.nicks, k.lease(new_folded), k.info, k.owned(self.node_id), k.nodes,
-                      k.lease(old_folded)],
+                      k.lease(old_folded), k.alive(self.node_id)],
                 args=[new_folded, info.token, self._ttl_ms, info.serialize(), self.node_id,
                       old_folded])
         if not ok:

@@ -13,8 +13,11 @@ from __future__ import annotations
 __all__ = ["CLAIM", "PUBLISH_MSG", "REAP", "RELEASE", "RENAME", "RENEW", "RESUME",
            "UPDATE_INFO"]
 
-# KEYS: nicks, lease, info, owned(node), nodes
+# KEYS: nicks, lease, info, owned(node), nodes, alive(node)
 # ARGV: folded, token, ttl_ms, info_json, node_id
+# Every script that lists this node in `nodes` also makes sure its heartbeat exists:
+# right after Redis lost its data a name claimed before the next renewal would otherwise
+# belong to a node without a heartbeat, and another node would reap it.
 # -> {1, previous info or ''} when claimed (a previous info is a stale holder whose lease
 #    ran out: the caller announces its quit), {0, ''} when the name is held.  Idempotent:
 #    the holder of the same token (an earlier try whose reply was lost) claims it again.
@@ -30,10 +33,11 @@ redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('SADD', KEYS[5], ARGV[5])
+redis.call('SET', KEYS[6], '1', 'PX', ARGV[3], 'NX')
 return {1, old}
 """
 
-# KEYS: nicks, lease, info, owned(node), nodes
+# KEYS: nicks, lease, info, owned(node), nodes, alive(node)
 # ARGV: folded, old token, new token, ttl_ms, info_json, node_id
 # Compare-and-swap of the lease: only the holder of the old token (the resume credential
 # a client got in its welcome) may move a name to this node, whether the old lease is
@@ -52,6 +56,7 @@ redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[5])
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('SADD', KEYS[5], ARGV[6])
+redis.call('SET', KEYS[6], '1', 'PX', ARGV[4], 'NX')
 return {1, old}
 """
 
@@ -73,7 +78,7 @@ if cur == ARGV[2] then return 1 end
 return 0
 """
 
-# KEYS: nicks, new lease, info, owned(node), nodes, old lease
+# KEYS: nicks, new lease, info, owned(node), nodes, old lease, alive(node)
 # ARGV: new folded, token, ttl_ms, new info_json, node_id, old folded
 # -> {1, stale info or ''} | {0, ''} (new name held by someone else, or, for a new name
 #    that folds to the old one, the lease is not ours any more)
@@ -86,6 +91,7 @@ if ARGV[1] ~= ARGV[6] then
   redis.call('SADD', KEYS[1], ARGV[1])
   redis.call('SADD', KEYS[4], ARGV[1])
   redis.call('SADD', KEYS[5], ARGV[5])
+  redis.call('SET', KEYS[7], '1', 'PX', ARGV[3], 'NX')
   if redis.call('GET', KEYS[6]) == ARGV[2] then redis.call('DEL', KEYS[6]) end
   local info = redis.call('HGET', KEYS[3], ARGV[6])
   if info and string.find(info, ARGV[2], 1, true) then

@@ -217,9 +217,17 @@ class Session:
         writer = self._writer
         try:
             while (data := await self.queue.take()) is not None:
+                if writer.transport.is_closing():
+                    raise ConnectionResetError("the client went away")
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
+            self.close_reason = "connection lost"
+        except RuntimeError:
+            # uvloop's "unable to perform operation on <TCPTransport closed=True>": the
+            # client went away between two writes
+            if not writer.transport.is_closing():
+                raise
             self.close_reason = "connection lost"
         finally:
             if self._tasks and not self._tasks[0].done():

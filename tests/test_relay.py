@@ -232,6 +232,25 @@ async def test_a_deferred_departure_leaves_alone_a_name_someone_else_took(
     assert await raw.hget(a.keys.members("lobby"), "alice") == b"Alice"
 
 
+async def test_a_name_claimed_right_after_redis_lost_its_data_is_not_reaped(
+        make_relay: Any, raw: Any) -> None:
+    """Redis restarted empty: the heartbeat is gone until the next renewal, but a claim
+    (or resume, or rename) lists the node again and so must bring its heartbeat back, or
+    another node's reaper takes the name away."""
+    a, _ = make_relay("node-a")
+    b, _ = make_relay("node-b")
+    await raw.flushall()  # this test's own fake Redis
+    mine = info(a, "alice")
+    assert (await a.claim("alice", mine)).ok
+    assert await raw.exists(a.keys.alive("node-a"))
+    assert await b.reap() == 0
+    assert await a.lookup("alice") == mine
+    await raw.delete(a.keys.alive("node-a"))
+    assert (await a.rename("alice", "alicia", NameInfo("alicia", mine.token, "node-a",
+                                                       ()))).ok
+    assert await raw.exists(a.keys.alive("node-a"))
+
+
 async def test_one_of_100_concurrent_claims_wins(make_relay: Any) -> None:
     a, _ = make_relay("node-a")
     b, _ = make_relay("node-b")
