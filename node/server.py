@@ -25,6 +25,7 @@ import structlog
 from redis.asyncio import Redis
 
 from . import envelope as env
+from .backoff import backoff
 from .config import NodeConfig
 from .errors import NickTaken, NoSuchNick, RedisMisconfigured, RelayUnavailable
 from .feeds import RoomFeed
@@ -44,6 +45,7 @@ from .model import (
     Quitted,
 )
 from .names import MAX_NICK, fold_nick
+from .pause import pause
 from .relay import NameInfo, Relay
 from .session import Session
 
@@ -450,10 +452,21 @@ class ChatNode:
             return
         after = feed.begin_repair()
         fetched: list[env.RoomMsg] = []
+        # the fault that cut the subscription often breaks the next command too: try
+        # again (live messages wait meanwhile) for as long as the outbox holds messages
+        give_up = asyncio.get_running_loop().time() + self.config.outbox_seconds
+        delays = backoff(initial=0.05, maximum=0.5)
         try:
             page = self.config.history_limit
             while after is not None:
-                got = await self.relay.history(room, page, after)
+                try:
+                    got = await self.relay.history(room, page, after)
+                except RelayUnavailable:
+                    delay = next(delays)
+                    if asyncio.get_running_loop().time() + delay > give_up:
+                        raise
+                    await pause(delay)
+                    continue
                 fetched.extend(got)
                 if len(got) < page:
                     break

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import fakeredis
+import pytest
 
+from node.errors import RelayUnavailable
 from node.server import ChatNode
 
 from .helpers import JsonClient, LineClient, json_user, running_node, text_user, wait_until
@@ -280,6 +283,36 @@ async def test_a_subscription_gap_is_repaired_from_the_stream(
         texts = [(await alice.event("msg"))["text"] for _ in range(6)]
         assert texts == [f"gap {i}" for i in range(5)] + ["after"]
         assert a.stats.repaired >= 5  # "after" may come from the stream too
+
+
+async def test_a_gap_repair_tries_the_stream_again_when_redis_still_stumbles(
+        fake_server: fakeredis.FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fault that cut the subscription often breaks the first reads of the stream
+    too: the repair tries again instead of leaving the gap."""
+    async with running_node(fake_server, "n1", reconnect_min=1.0) as a, \
+            running_node(fake_server, "n2") as b:
+        alice = await json_user(port(a), "alice")
+        bob = await json_user(port(b), "bob")
+        await alice.event("join", nick="bob")
+        history = a.relay.history
+        failures: list[tuple[Any, ...]] = []
+
+        async def stumbling(*args: Any) -> Any:
+            if len(failures) < 2:
+                failures.append(args)
+                raise RelayUnavailable("relay unavailable (test)") from ConnectionError()
+            return await history(*args)
+
+        monkeypatch.setattr(a.relay, "history", stumbling)
+        a.relay._rebuild = True  # drop node 1's subscription (as CLIENT KILL would)
+        await wait_until(lambda: not a.relay.ready)
+        for i in range(3):
+            await bob.op("say", text=f"gap {i}", ref=i + 1)
+            await bob.event("ack", ref=i + 1)
+        assert not a.relay.ready, "the gap closed before the test could use it"
+        texts = [(await alice.event("msg"))["text"] for _ in range(3)]
+        assert texts == [f"gap {i}" for i in range(3)]
+        assert len(failures) == 2
 
 
 async def test_redis_losing_its_data_is_noticed_and_repaired(
