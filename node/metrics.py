@@ -78,6 +78,9 @@ class _NodeCollector(Collector):
             ("departures_deferred", "Departures (leave rooms, announce the quit, release "
              "the name) Redis could not take at once, retried in the background.",
              relay.stats.departures_deferred),
+            ("publish_too_late", "Messages Redis got to only after the sender had been "
+             "told they were not relayed (a frozen Redis thawing): published nothing.",
+             relay.stats.publish_too_late),
             ("relay_loop_restarts", "Relay loops (listen, renew, reap, canary) restarted "
              "after an unexpected error.", relay.stats.loop_restarts),
             ("deaf_subscription_rebuilds", "Subscriptions rebuilt because canaries stopped "

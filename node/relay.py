@@ -123,6 +123,18 @@ class RelayStats:
     loop_restarts: int = 0
     claim_retries: int = 0
     departures_deferred: int = 0
+    publish_too_late: int = 0
+
+
+@dataclass
+class _Held:
+    """A message in the outbox."""
+
+    msg: env.RoomMsg
+    once: str
+    deadline_ms: int
+    said: float
+    waiter: asyncio.Future[str]
 
 
 @dataclass
@@ -168,7 +180,7 @@ class Relay:
         self._msg_keys = itertools.count(1)
         # unique per process: a restarted node must not reuse its predecessor's keys
         self._once_prefix = f"{config.node_id}:{secrets.token_hex(6)}"
-        self._outbox: deque[tuple[env.RoomMsg, str, float, asyncio.Future[str]]] = deque()
+        self._outbox: deque[_Held] = deque()
         self._flusher: asyncio.Task[None] | None = None
         self._departures: dict[str, _Departure] = {}
         self._departing: asyncio.Task[None] | None = None
@@ -497,9 +509,16 @@ class Relay:
         the sender it was not relayed.  Nothing is dropped without its sender knowing.
         """
         once = f"{self._once_prefix}:{next(self._msg_keys)}"
+        loop = asyncio.get_running_loop()
+        said = loop.time()
+        # the sender hears "not relayed" no sooner than this (the outbox bound, or the one
+        # command timeout without an outbox); Redis publishes nothing after it
+        window = self._cfg.outbox_seconds if self._cfg.outbox_seconds > 0 else \
+            self._cfg.redis_timeout
+        deadline_ms = int((time.time() + window) * 1000)
         if not self._outbox:
             try:
-                return await self._publish_once(msg, once)
+                return await self._publish_once(msg, once, deadline_ms)
             except RelayUnavailable as exc:
                 if not _transient(exc) or self._cfg.outbox_seconds <= 0:
                     raise
@@ -507,21 +526,24 @@ class Relay:
             self.stats.outbox_refused += 1
             raise RelayUnavailable("the cluster relay is unavailable and this node's outbox "
                                    "is full; your message was not sent")
-        loop = asyncio.get_running_loop()
         waiter: asyncio.Future[str] = loop.create_future()
-        self._outbox.append((msg, once, loop.time(), waiter))
+        self._outbox.append(_Held(msg, once, deadline_ms, said, waiter))
         self.stats.outboxed += 1
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_outbox(), name="relay-outbox")
         return await waiter
 
-    async def _publish_once(self, msg: env.RoomMsg, once: str) -> str:
+    async def _publish_once(self, msg: env.RoomMsg, once: str, deadline_ms: int) -> str:
         k = self.keys
         started = time.perf_counter()
         async with _translated("publish"):
             new_id = await self._publish(
                 keys=[k.history(msg.room), k.room_channel(msg.room), k.once(msg.room, once)],
-                args=[msg.serialize(), self._cfg.history_max, self._once_ttl_ms])
+                args=[msg.serialize(), self._cfg.history_max, self._once_ttl_ms, deadline_ms])
+        if new_id is None:
+            self.stats.publish_too_late += 1
+            raise RelayUnavailable("the cluster relay did not get to your message in time; "
+                                   "it was not sent")
         self.publish_seconds.observe(time.perf_counter() - started)
         self.stats.published += 1
         return new_id.decode() if isinstance(new_id, bytes) else str(new_id)
@@ -533,26 +555,31 @@ class Relay:
         cause: BaseException | None = None
         while self._outbox:
             now = loop.time()
-            while self._outbox and now - self._outbox[0][2] > self._cfg.outbox_seconds:
-                _, _, _, waiter = self._outbox.popleft()
+            while self._outbox and now - self._outbox[0].said > self._cfg.outbox_seconds:
+                held = self._outbox.popleft()
                 self.stats.outbox_expired += 1
-                if not waiter.done():
+                if not held.waiter.done():
                     error = RelayUnavailable(
                         "the cluster relay stayed unavailable; your message was not sent")
                     error.__cause__ = cause
-                    waiter.set_exception(error)
+                    held.waiter.set_exception(error)
             if not self._outbox:
                 break
-            msg, once, _, waiter = self._outbox[0]
+            held = self._outbox[0]
             try:
-                new_id = await self._publish_once(msg, once)
+                new_id = await self._publish_once(held.msg, held.once, held.deadline_ms)
             except RelayUnavailable as exc:
+                if not _transient(exc):  # refused for good (too late): tell the sender now
+                    self._outbox.popleft()
+                    if not held.waiter.done():
+                        held.waiter.set_exception(exc)
+                    continue
                 cause = exc.__cause__
                 await pause(next(delays))
                 continue
             self._outbox.popleft()
-            if not waiter.done():
-                waiter.set_result(new_id)
+            if not held.waiter.done():
+                held.waiter.set_result(new_id)
 
     async def private(self, msg: env.DirectMsg, node: str) -> None:
         """Publish a private message to the node holding its recipient."""

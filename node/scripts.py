@@ -161,14 +161,21 @@ return out
 """
 
 # KEYS: history stream, room channel, the message's once-key
-# ARGV: envelope JSON without id (starts with '{'), maxlen, once-key ttl_ms
+# ARGV: envelope JSON without id (starts with '{'), maxlen, once-key ttl_ms, deadline
+#       (Unix time in ms)
 # XADD and PUBLISH in one atomic step; the id is spliced in as the envelope's first member.
 # The once-key makes a retry idempotent: an attempt that timed out may still have run (a
 # frozen Redis executes what it had read once it thaws), so a retry of the same message
-# returns the id it already got instead of publishing it twice.
+# returns the id it already got instead of publishing it twice.  The deadline is when the
+# node tells the sender the message was not relayed: an attempt Redis gets to only after
+# it (read before a freeze, run after the thaw) publishes nothing -> nil.
 PUBLISH_MSG = """
 local done = redis.call('GET', KEYS[3])
 if done then return done end
+local now = redis.call('TIME')
+if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[4]) then
+  return false
+end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
 redis.call('PUBLISH', KEYS[2], '{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2))
 redis.call('SET', KEYS[3], id, 'PX', ARGV[3])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -733,12 +734,31 @@ async def test_a_retried_publish_is_not_published_twice() -> None:
     redis = fakeredis.FakeAsyncRedis(server=server)
     relay = Relay(redis, NodeConfig(node_id="once"), Sink())
     msg = env.RoomMsg("lobby", "alice", "once/1", "hello")
-    first = await relay._publish_once(msg, "k1")
-    again = await relay._publish_once(msg, "k1")  # as if the first try had timed out
+    later = int((time.time() + 60) * 1000)
+    first = await relay._publish_once(msg, "k1", later)
+    again = await relay._publish_once(msg, "k1", later)  # as if the first try had timed out
     assert again == first
     assert await redis.xlen(relay.keys.history("lobby")) == 1
-    other = await relay._publish_once(msg, "k2")
+    other = await relay._publish_once(msg, "k2", later)
     assert other != first
+    await redis.aclose()
+
+
+async def test_redis_reaching_a_message_after_its_deadline_publishes_nothing() -> None:
+    """A frozen Redis runs what it had read once it thaws; by then the sender may have
+    been told the message was not relayed, and must not see it delivered after all."""
+    server = fakeredis.FakeServer()
+    redis = fakeredis.FakeAsyncRedis(server=server)
+    relay = Relay(redis, NodeConfig(node_id="late"), Sink())
+    msg = env.RoomMsg("lobby", "alice", "late/1", "hello")
+    passed = int((time.time() - 1) * 1000)
+    with pytest.raises(RelayUnavailable):
+        await relay._publish_once(msg, "k1", passed)
+    assert await redis.xlen(relay.keys.history("lobby")) == 0
+    assert relay.stats.publish_too_late == 1
+    # a try that did run before its deadline still answers with its id afterwards
+    first = await relay._publish_once(msg, "k2", int((time.time() + 60) * 1000))
+    assert await relay._publish_once(msg, "k2", passed) == first
     await redis.aclose()
 
 
