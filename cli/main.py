@@ -114,6 +114,20 @@ def node(
     ready_window: Annotated[float, _opt(
         "READY_WINDOW", "Seconds within which Redis must have answered and the bus canary "
         "come back for /readyz to say ready.")] = _DEFAULTS.ready_window,
+    tls_cert: Annotated[str, _opt(
+        "TLS_CERT", "PEM certificate chain: serve TLS (1.2 or later) on the chat port, or "
+        "on --tls-port.")] = _DEFAULTS.tls_cert,
+    tls_key: Annotated[str, _opt("TLS_KEY", "PEM private key of --tls-cert.")
+                       ] = _DEFAULTS.tls_key,
+    tls_port: Annotated[int, _opt(
+        "TLS_PORT", "Serve TLS on this extra port and keep --port plaintext (0: --port "
+        "itself serves TLS only).")] = _DEFAULTS.tls_port,
+    tls_handshake_timeout: Annotated[float, _opt(
+        "TLS_HANDSHAKE_TIMEOUT", "Seconds a client has to finish the TLS handshake.")
+                                     ] = _DEFAULTS.tls_handshake_timeout,
+    redis_ca: Annotated[str, _opt(
+        "REDIS_CA", "PEM CA certificates that verify a rediss:// Redis (default: the "
+        "system's).")] = _DEFAULTS.redis_ca,
 ) -> None:
     """Run one chat node.  Every option also reads its HUBBUB_* environment variable."""
     from .run_node import run_node
@@ -132,13 +146,29 @@ def node(
             keepalive_count=keepalive_count,
             redis_timeout=redis_timeout, shutdown_grace=shutdown_grace, http_host=http_host,
             http_port=http_port, ready_window=ready_window, allow_eviction=allow_eviction,
-            outbox_seconds=outbox_seconds, outbox_max=outbox_max)
+            outbox_seconds=outbox_seconds, outbox_max=outbox_max,
+            tls_cert=tls_cert, tls_key=tls_key, tls_port=tls_port,
+            tls_handshake_timeout=tls_handshake_timeout, redis_ca=redis_ca)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    _check_tls_files(config)
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise typer.BadParameter("log level must be debug, info, warning or error")
     configure_logging(json=log_json, level=log_level)
     run_node(config)
+
+
+def _check_tls_files(config: NodeConfig) -> None:
+    """Refuse to start with a certificate or key that cannot be loaded (before listening)."""
+    import ssl
+
+    from node.tls import server_context
+
+    if config.tls_cert:
+        try:
+            server_context(config.tls_cert, config.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise typer.BadParameter(f"cannot load --tls-cert/--tls-key: {exc}") from exc
 
 
 @app.command()
@@ -169,6 +199,26 @@ _NodeOpt = Annotated[list[str] | None, typer.Option(
     "[default: localhost:5051].", show_default=False)]
 
 
+_TlsOpt = Annotated[bool, typer.Option(
+    "--tls", envvar="HUBBUB_TLS", help="Speak TLS, verifying the node's certificate (system "
+    "CAs unless --ca).")]
+_CaOpt = Annotated[str | None, typer.Option(
+    "--ca", envvar="HUBBUB_TLS_CA", help="PEM CA certificates to verify nodes with (implies "
+    "--tls).", show_default=False)]
+
+
+def _tls(tls: bool, ca: str | None) -> Any:
+    """The client's TLS context, or None for plaintext."""
+    if not tls and not ca:
+        return None
+    from node.tls import client_context
+
+    try:
+        return client_context(ca or None)
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read --ca: {exc}") from exc
+
+
 def _addresses(given: list[str] | None) -> list[Any]:
     from .client.state import Address
 
@@ -192,6 +242,8 @@ def connect(
                     ] = None,
     node: _NodeOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print raw JSON events.")] = False,
+    tls: _TlsOpt = False,
+    ca: _CaOpt = None,
 ) -> None:
     """Chat: a terminal UI, or (stdin not a terminal) send each stdin line and print events."""
     import asyncio
@@ -200,13 +252,15 @@ def connect(
         raise typer.BadParameter("--nick is required (or HUBBUB_NICK)")
     addresses = _addresses([*(addrs or []), *(node or [])])
     rooms = list(room or ["lobby"])
+    context = _tls(tls, ca)
     if sys.stdin.isatty() and sys.stdout.isatty() and not json_out:
         from .client.tui import run_interactive
 
-        raise typer.Exit(run_interactive(addresses, nick, rooms))
+        raise typer.Exit(run_interactive(addresses, nick, rooms, tls=context))
     from .client.script import run_script
 
-    raise typer.Exit(asyncio.run(run_script(addresses, nick, rooms, json_out=json_out)))
+    raise typer.Exit(asyncio.run(run_script(addresses, nick, rooms, json_out=json_out,
+                                            tls=context)))
 
 
 @app.command()
@@ -216,6 +270,8 @@ def say(
                     ] = "",
     room: Annotated[str, typer.Option(help="Room to say it in.")] = "lobby",
     node: _NodeOpt = None,
+    tls: _TlsOpt = False,
+    ca: _CaOpt = None,
 ) -> None:
     """Say one line and exit: status 0 only once the cluster acknowledged it."""
     import asyncio
@@ -224,19 +280,22 @@ def say(
 
     if not nick:
         raise typer.BadParameter("--nick is required (or HUBBUB_NICK)")
-    raise typer.Exit(asyncio.run(say_once(_addresses(node), nick, room, text)))
+    raise typer.Exit(asyncio.run(say_once(_addresses(node), nick, room, text,
+                                          tls=_tls(tls, ca))))
 
 
 @app.command()
 def who(
     room: Annotated[str, typer.Argument(help="Room to list.")] = "lobby",
     node: _NodeOpt = None,
+    tls: _TlsOpt = False,
+    ca: _CaOpt = None,
 ) -> None:
     """Who is in a room, cluster-wide (a table)."""
     from rich.console import Console
     from rich.table import Table
 
-    ev = _ask(_addresses(node), {"op": "who", "room": room})
+    ev = _ask(_addresses(node), {"op": "who", "room": room}, _tls(tls, ca))
     table = Table(title=f"#{ev.get('room', room)}")
     table.add_column("nick")
     for nick in ev.get("nicks", []):
@@ -245,12 +304,12 @@ def who(
 
 
 @app.command()
-def rooms(node: _NodeOpt = None) -> None:
+def rooms(node: _NodeOpt = None, tls: _TlsOpt = False, ca: _CaOpt = None) -> None:
     """The cluster's rooms with their member counts (a table)."""
     from rich.console import Console
     from rich.table import Table
 
-    ev = _ask(_addresses(node), {"op": "rooms"})
+    ev = _ask(_addresses(node), {"op": "rooms"}, _tls(tls, ca))
     table = Table(title="rooms")
     table.add_column("room")
     table.add_column("members", justify="right")
@@ -259,14 +318,14 @@ def rooms(node: _NodeOpt = None) -> None:
     Console().print(table)
 
 
-def _ask(addresses: list[Any], op: dict[str, Any]) -> dict[str, Any]:
+def _ask(addresses: list[Any], op: dict[str, Any], tls: Any = None) -> dict[str, Any]:
     import asyncio
 
     from .client.connection import ClientError
     from .client.script import query
 
     try:
-        return asyncio.run(query(addresses, op))
+        return asyncio.run(query(addresses, op, tls=tls))
     except ClientError as exc:
         typer.echo(f"! {exc}", err=True)
         raise typer.Exit(1) from None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -49,8 +50,10 @@ class ChatClient:
                  on_event: Callable[[dict[str, Any]], None] | None = None,
                  ping_interval: float = 2.0, pong_timeout: float = 5.0,
                  backoff_max: float = 5.0, connect_timeout: float = 3.0,
-                 max_attempts: int | None = None) -> None:
+                 max_attempts: int | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.state = state
+        self.tls = tls
+        """Speak TLS to every node, verifying its certificate with this context."""
         self._show = show
         self._on_status = on_status or (lambda: None)
         self._on_event = on_event
@@ -144,8 +147,13 @@ class ChatClient:
 
     async def _session(self, address: Address) -> None:
         async with asyncio.timeout(self.connect_timeout):
-            reader, writer = await asyncio.open_connection(address.host, address.port,
-                                                           limit=1 << 22)
+            try:
+                reader, writer = await asyncio.open_connection(
+                    address.host, address.port, limit=1 << 22, ssl=self.tls,
+                    server_hostname=address.host if self.tls is not None else None)
+            except ssl.SSLCertVerificationError as exc:  # not a node to fail over from
+                raise ClientError("tls-unverified", f"{address}: {exc.verify_message}"
+                                  ) from exc
         self._writer = writer
         self._send(self.state.hello())
         async with asyncio.timeout(self.connect_timeout * 2):
