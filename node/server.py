@@ -46,6 +46,7 @@ from .model import (
 )
 from .names import MAX_NICK, fold_nick
 from .relay import NameInfo, Relay
+from .security import Security
 from .session import Session
 from .tls import server_context
 
@@ -89,6 +90,7 @@ class ChatNode:
         """The port serving TLS: ``port`` itself, an extra one, or None (no TLS)."""
         self.http = HttpEndpoint(self)
         self.gate = Gate(config, self.stats)
+        self.security = Security(self, redis)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -161,6 +163,7 @@ class ChatNode:
         failure = (await asyncio.gather(relay_task, return_exceptions=True))[0]
         # 5. the HTTP endpoint last: /readyz said "shutting down" all along the drain
         await self.http.stop()
+        self.security.close()
         log.info("node stopped")
         if isinstance(failure, BaseExceptionGroup):
             fatal = failure.subgroup(RedisMisconfigured)
@@ -445,6 +448,8 @@ class ChatNode:
                 if (me := self.by_sid.get(e.sid)) is not None:
                     targets.add(me)
                 self._fan_out(NickChanged(e.old, e.new), targets)
+            case env.Sanction():
+                self.security.on_sanction(e)
             case env.DirectMsg():
                 target = self.local.get(e.to_folded)
                 if target is not None:
