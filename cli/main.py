@@ -11,11 +11,14 @@ import typer
 from node.config import NodeConfig, default_node_id
 from node.logs import configure_logging
 
+from .accounts import account_app, read_secret
+
 app = typer.Typer(
     help="hubbub: a horizontally scaled TCP chat cluster relaying through Redis.",
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(account_app, name="account")
 
 _DEFAULTS = NodeConfig(node_id="defaults")
 
@@ -128,6 +131,47 @@ def node(
     redis_ca: Annotated[str, _opt(
         "REDIS_CA", "PEM CA certificates that verify a rediss:// Redis (default: the "
         "system's).")] = _DEFAULTS.redis_ca,
+    auth: Annotated[str, _opt(
+        "AUTH", "open (anyone), token (the shared --auth-token first) or accounts "
+        "(registered names need their password).")] = _DEFAULTS.auth,
+    auth_token: Annotated[str, _opt(
+        "AUTH_TOKEN", "The shared access token of --auth token.", show_default=False)] = "",
+    auth_token_file: Annotated[str, _opt(
+        "AUTH_TOKEN_FILE", "A file holding the access token (instead of --auth-token).",
+        show_default=False)] = "",
+    oper_secret: Annotated[str, _opt(
+        "OPER_SECRET", "/oper SECRET makes a user an operator (default: none).",
+        show_default=False)] = "",
+    oper_secret_file: Annotated[str, _opt(
+        "OPER_SECRET_FILE", "A file holding the operator secret (instead of "
+        "--oper-secret).", show_default=False)] = "",
+    oper_accounts: Annotated[str, _opt(
+        "OPER_ACCOUNTS", "Comma-separated account names whose logins are operators "
+        "(besides accounts flagged with hubbub account oper).", show_default=False)] = "",
+    hash_concurrency: Annotated[int, _opt(
+        "HASH_CONCURRENCY", "Password hashes (argon2id) computed at once, off the event "
+        "loop.")] = _DEFAULTS.hash_concurrency,
+    hash_queue: Annotated[int, _opt(
+        "HASH_QUEUE", "Password hashes that may wait for a slot; more are refused "
+        "(auth-busy).")] = _DEFAULTS.hash_queue,
+    min_password: Annotated[int, _opt("MIN_PASSWORD", "Shortest account password.")
+                            ] = _DEFAULTS.min_password,
+    login_fails_per_name: Annotated[int, _opt(
+        "LOGIN_FAILS_PER_NAME", "Failed logins for one name per --login-fail-window, "
+        "cluster-wide; more are refused unchecked (0: no cap).")
+                                    ] = _DEFAULTS.login_fails_per_name,
+    login_fails_per_ip: Annotated[int, _opt(
+        "LOGIN_FAILS_PER_IP", "Failed logins, access tokens and operator secrets from one "
+        "address per window (0: no cap).")] = _DEFAULTS.login_fails_per_ip,
+    login_fail_window: Annotated[float, _opt(
+        "LOGIN_FAIL_WINDOW", "Seconds over which failed logins are counted.")
+                                 ] = _DEFAULTS.login_fail_window,
+    ban_duration: Annotated[float, _opt(
+        "BAN_DURATION", "Seconds a /ban lasts when no duration is given.")
+                            ] = _DEFAULTS.ban_duration,
+    mute_duration: Annotated[float, _opt(
+        "MUTE_DURATION", "Seconds a /mute lasts when no duration is given.")
+                             ] = _DEFAULTS.mute_duration,
 ) -> None:
     """Run one chat node.  Every option also reads its HUBBUB_* environment variable."""
     from .run_node import run_node
@@ -148,7 +192,14 @@ def node(
             http_port=http_port, ready_window=ready_window, allow_eviction=allow_eviction,
             outbox_seconds=outbox_seconds, outbox_max=outbox_max,
             tls_cert=tls_cert, tls_key=tls_key, tls_port=tls_port,
-            tls_handshake_timeout=tls_handshake_timeout, redis_ca=redis_ca)
+            tls_handshake_timeout=tls_handshake_timeout, redis_ca=redis_ca,
+            auth=auth, auth_token=read_secret(auth_token, auth_token_file, "--auth-token"),
+            oper_secret=read_secret(oper_secret, oper_secret_file, "--oper-secret"),
+            oper_accounts=tuple(n.strip() for n in oper_accounts.split(",") if n.strip()),
+            hash_concurrency=hash_concurrency, hash_queue=hash_queue,
+            min_password=min_password, login_fails_per_name=login_fails_per_name,
+            login_fails_per_ip=login_fails_per_ip, login_fail_window=login_fail_window,
+            ban_duration=ban_duration, mute_duration=mute_duration)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     _check_tls_files(config)
