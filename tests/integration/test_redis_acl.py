@@ -8,15 +8,18 @@ refused command but ``CONFIG GET`` (which a node tolerates) and ``CLIENT SETINFO
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import secrets
 import signal
+import sys
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
-from ..helpers import json_user, text_user
+from ..helpers import JsonClient, LineClient, json_user, text_user
 from .procs import is_event, log_events, redis_server, start_node
 
 pytestmark = pytest.mark.redis_server
@@ -108,5 +111,72 @@ async def test_a_node_runs_on_the_documented_acl_and_a_lesser_user_is_refused() 
                 assert "WRONGPASS" in line or "invalid username-password" in line
             finally:
                 await wrong.stop()
+        finally:
+            await admin.aclose()
+
+
+async def _account_cli(*args: str, url: str) -> tuple[int, str]:
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli", "account", *args, "--redis-url", url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    out, _ = await child.communicate()
+    return child.returncode or 0, out.decode()
+
+
+async def test_accounts_operators_and_sanctions_run_on_the_documented_acl(
+        tmp_path: Path) -> None:
+    password = secrets.token_hex(12)
+    secret = tmp_path / "oper"
+    secret.write_text("oper-secret\n")
+    async with redis_server() as (url, _):
+        admin = aioredis.Redis.from_url(url, decode_responses=True)
+        try:
+            rules = [r if r != ">CHANGE-ME" else f">{password}" for r in documented_rules()]
+            await admin.execute_command(*rules)  # type: ignore[no-untyped-call]
+            await admin.acl_log_reset()
+            hubbub_url = with_user(url, "hubbub", password)
+            args = ("--auth", "accounts", "--oper-secret-file", str(secret))
+            a, pa = await start_node(hubbub_url, "acc-a", *args)
+            b, pb = await start_node(hubbub_url, "acc-b", *args)
+            try:
+                alice = await text_user(pa, "alice")
+                await alice.send("/register alice-password")
+                await alice.expect("* alice is now registered")
+                await alice.send("/quit")
+                await alice.closed()
+                guest = await JsonClient.connect(pb)
+                await guest.op("hello", nick="alice", password="wrong-password", ref=1)
+                assert (await guest.event("error", ref=1))["code"] != "relay-unavailable"
+                await guest.op("hello", nick="alice", password="alice-password", ref=2)
+                await guest.event("welcome")
+                code, out = await _account_cli("oper", "alice", url=hubbub_url)
+                assert code == 0, out
+                code, out = await _account_cli("list", url=hubbub_url)
+                assert code == 0 and "alice" in out, out
+                await guest.op("quit")
+                await guest.closed()
+                op = await LineClient.connect(pa)
+                await op.expect("* GET_NAME")
+                await op.send("/login alice alice-password")
+                await op.expect("* welcome alice")
+                bob = await text_user(pb, "bob")
+                answered = len(op.seen)
+                for command in ("/mute bob 1m spam", "/bans", "/unmute bob", "/ban bob 1m",
+                                "/bans", "/unban bob", "/kick nobody"):
+                    await op.send(command)
+                await op.send("/who lobby")  # commands run in order: every reply is in
+                await op.expect("* lobby:")
+                await bob.closed()  # banned
+                carol = await text_user(pb, "carol")
+                await carol.send("/oper oper-secret")
+                await carol.expect("* you are now an operator")
+                replies = op.seen[answered:]
+                assert not [r for r in replies if r.startswith("! relay-unavailable")], replies
+            finally:
+                assert await a.stop() == 0
+                assert await b.stop() == 0
+            refused = [(e["username"], e["object"]) for e in await admin.acl_log()]
+            assert {obj for user, obj in refused if user == "hubbub"} <= TOLERATED, refused
         finally:
             await admin.aclose()
