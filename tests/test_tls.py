@@ -195,3 +195,25 @@ async def test_json_user_helper_cannot_reach_a_tls_port(
     async with tls_node(fake_server, certs) as node:
         with pytest.raises((EOFError, ConnectionError)):
             await json_user(node.port or 0, "plain")
+
+
+async def test_hubbub_say_with_ca_and_tls_flags(fake_server: fakeredis.FakeServer,
+                                                certs: Certs) -> None:
+    """The command line: ``--ca FILE`` trusts that CA; ``--tls`` alone trusts the system's
+    CAs, which do not know this test CA, so the node is refused."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runner = CliRunner()
+    async with tls_node(fake_server, certs) as node:
+        listener = await tls_user(node.port or 0, "listener", certs)
+        where = f"127.0.0.1:{node.port}"
+        ok = await asyncio.to_thread(runner.invoke, app, [
+            "say", "--node", where, "--ca", certs.ca, "--nick", "dave", "via the cli"])
+        assert ok.exit_code == 0, ok.output
+        assert (await listener.event("msg", text="via the cli"))["from"] == "dave"
+        refused = await asyncio.to_thread(runner.invoke, app, [
+            "say", "--node", where, "--tls", "--nick", "erin", "never"])
+        assert refused.exit_code == 1
+        assert "tls-unverified" in refused.output
