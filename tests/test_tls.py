@@ -217,3 +217,20 @@ async def test_hubbub_say_with_ca_and_tls_flags(fake_server: fakeredis.FakeServe
             "say", "--node", where, "--tls", "--nick", "erin", "never"])
         assert refused.exit_code == 1
         assert "tls-unverified" in refused.output
+
+
+def test_a_node_refuses_to_start_on_files_it_cannot_load(tmp_path: Path, certs: Certs) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    missing = str(tmp_path / "missing.pem")
+    result = CliRunner().invoke(app, ["node", "--tls-cert", missing, "--tls-key", missing])
+    assert result.exit_code == 2 and "cannot load --tls-cert/--tls-key" in result.output
+    # a certificate with another key
+    other = trustme.CA().issue_cert("localhost")
+    other_key = tmp_path / "other-key.pem"
+    other.private_key_pem.write_to_path(str(other_key))
+    result = CliRunner().invoke(app, ["node", "--tls-cert", certs.cert,
+                                      "--tls-key", str(other_key)])
+    assert result.exit_code == 2 and "cannot load" in result.output
