@@ -282,6 +282,14 @@ def _addresses(given: list[str] | None) -> list[Any]:
         raise typer.BadParameter(str(exc)) from exc
 
 
+_SecretOpt = Annotated[str | None, typer.Option(
+    "--secret", envvar="HUBBUB_SECRET", help="The cluster's access token (--auth token "
+    "clusters); prefer the variable.", show_default=False)]
+_PasswordOpt = Annotated[str | None, typer.Option(
+    "--password", envvar="HUBBUB_PASSWORD", help="Your nickname's account password "
+    "(--auth accounts clusters); prefer the variable.", show_default=False)]
+
+
 @app.command()
 def connect(
     addrs: Annotated[list[str] | None, typer.Argument(
@@ -295,6 +303,8 @@ def connect(
     json_out: Annotated[bool, typer.Option("--json", help="Print raw JSON events.")] = False,
     tls: _TlsOpt = False,
     ca: _CaOpt = None,
+    secret: _SecretOpt = None,
+    password: _PasswordOpt = None,
 ) -> None:
     """Chat: a terminal UI, or (stdin not a terminal) send each stdin line and print events."""
     import asyncio
@@ -307,11 +317,12 @@ def connect(
     if sys.stdin.isatty() and sys.stdout.isatty() and not json_out:
         from .client.tui import run_interactive
 
-        raise typer.Exit(run_interactive(addresses, nick, rooms, tls=context))
+        raise typer.Exit(run_interactive(addresses, nick, rooms, tls=context,
+                                         secret=secret, password=password))
     from .client.script import run_script
 
     raise typer.Exit(asyncio.run(run_script(addresses, nick, rooms, json_out=json_out,
-                                            tls=context)))
+                                            tls=context, secret=secret, password=password)))
 
 
 @app.command()
@@ -323,6 +334,8 @@ def say(
     node: _NodeOpt = None,
     tls: _TlsOpt = False,
     ca: _CaOpt = None,
+    secret: _SecretOpt = None,
+    password: _PasswordOpt = None,
 ) -> None:
     """Say one line and exit: status 0 only once the cluster acknowledged it."""
     import asyncio
@@ -332,7 +345,8 @@ def say(
     if not nick:
         raise typer.BadParameter("--nick is required (or HUBBUB_NICK)")
     raise typer.Exit(asyncio.run(say_once(_addresses(node), nick, room, text,
-                                          tls=_tls(tls, ca))))
+                                          tls=_tls(tls, ca), secret=secret,
+                                          password=password)))
 
 
 @app.command()
@@ -341,12 +355,13 @@ def who(
     node: _NodeOpt = None,
     tls: _TlsOpt = False,
     ca: _CaOpt = None,
+    secret: _SecretOpt = None,
 ) -> None:
     """Who is in a room, cluster-wide (a table)."""
     from rich.console import Console
     from rich.table import Table
 
-    ev = _ask(_addresses(node), {"op": "who", "room": room}, _tls(tls, ca))
+    ev = _ask(_addresses(node), {"op": "who", "room": room}, _tls(tls, ca), secret)
     table = Table(title=f"#{ev.get('room', room)}")
     table.add_column("nick")
     for nick in ev.get("nicks", []):
@@ -355,12 +370,13 @@ def who(
 
 
 @app.command()
-def rooms(node: _NodeOpt = None, tls: _TlsOpt = False, ca: _CaOpt = None) -> None:
+def rooms(node: _NodeOpt = None, tls: _TlsOpt = False, ca: _CaOpt = None,
+          secret: _SecretOpt = None) -> None:
     """The cluster's rooms with their member counts (a table)."""
     from rich.console import Console
     from rich.table import Table
 
-    ev = _ask(_addresses(node), {"op": "rooms"}, _tls(tls, ca))
+    ev = _ask(_addresses(node), {"op": "rooms"}, _tls(tls, ca), secret)
     table = Table(title="rooms")
     table.add_column("room")
     table.add_column("members", justify="right")
@@ -369,14 +385,15 @@ def rooms(node: _NodeOpt = None, tls: _TlsOpt = False, ca: _CaOpt = None) -> Non
     Console().print(table)
 
 
-def _ask(addresses: list[Any], op: dict[str, Any], tls: Any = None) -> dict[str, Any]:
+def _ask(addresses: list[Any], op: dict[str, Any], tls: Any = None,
+         secret: str | None = None) -> dict[str, Any]:
     import asyncio
 
     from .client.connection import ClientError
     from .client.script import query
 
     try:
-        return asyncio.run(query(addresses, op, tls=tls))
+        return asyncio.run(query(addresses, op, tls=tls, secret=secret))
     except ClientError as exc:
         typer.echo(f"! {exc}", err=True)
         raise typer.Exit(1) from None

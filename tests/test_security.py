@@ -425,3 +425,48 @@ async def test_operator_accounts(fake_server: fakeredis.FakeServer) -> None:
         await other.expect("* welcome other")
         await other.send("/bans")
         await other.expect("* 0 bans or mutes in force")
+
+
+# --------------------------------------------------------------------------- the client
+
+
+async def test_the_client_sends_secret_and_password(fake_server: fakeredis.FakeServer
+                                                    ) -> None:
+    from cli.client.script import query, say_once
+    from cli.client.state import Address, ClientState
+
+    hello = ClientState([Address("h", 1)], "a", secret="t", password="p").hello()
+    assert hello["secret"] == "t" and hello["password"] == "p"
+    async with running_node(fake_server, auth="token", auth_token=TOKEN) as n:
+        here = [Address("127.0.0.1", port(n))]
+        assert await say_once(here, "cli", "lobby", "hi", secret=TOKEN) == 0
+        assert await say_once(here, "cli", "lobby", "hi", secret="wrong", wait=5) == 1
+        rooms = await query(here, {"op": "rooms"}, secret=TOKEN)
+        assert rooms["ev"] == "rooms"
+    async with running_node(fake_server, "n2", auth="accounts") as n:
+        owner = await text_user(port(n), "owner")
+        await owner.send("/register owner-password")
+        await owner.expect("* owner is now registered")
+        await owner.send("/quit")
+        await owner.closed()
+        here = [Address("127.0.0.1", port(n))]
+        assert await say_once(here, "owner", "lobby", "hi", password="owner-password") == 0
+        assert await say_once(here, "owner", "lobby", "hi", wait=5) == 1  # login-required
+
+
+async def test_a_kicked_client_does_not_come_back(fake_server: fakeredis.FakeServer) -> None:
+    from cli.client.connection import ChatClient, ClientError
+    from cli.client.state import Address, ClientState
+
+    async with running_node(fake_server, oper_secret=OPER) as n:
+        op = await text_oper(port(n), "op")
+        state = ClientState([Address("127.0.0.1", port(n))], "victim")
+        client = ChatClient(state, show=lambda _: None)
+        runner = asyncio.create_task(client.run())
+        await op.expect("* victim joined lobby")
+        await op.send("/kick victim")
+        with pytest.raises(ClientError) as info:
+            async with asyncio.timeout(5):
+                await runner
+        assert info.value.code == "kicked"
+        await op.expect("* victim quit (kicked by op)")

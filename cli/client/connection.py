@@ -28,7 +28,12 @@ from .state import Address, ClientState, Op
 
 __all__ = ["ChatClient", "ClientError"]
 
-_FATAL = {"nick-taken", "bad-nick", "bad-room", "bad-args"}
+_FATAL = {"nick-taken", "bad-nick", "bad-room", "bad-args", "auth-required", "auth-failed",
+          "auth-throttled", "auth-busy", "login-required", "no-such-account", "not-enabled",
+          "banned"}
+"""Refusals of a hello that another node would refuse too: the client stops."""
+_REMOVED = {"kicked"}
+"""An operator removed the user: the client stops instead of reconnecting."""
 
 
 class ClientError(Exception):
@@ -222,6 +227,8 @@ class ChatClient:
             heard = loop.time()
             if ev is None:
                 continue
+            if ev.get("ev") == "error" and ev.get("code") in _REMOVED:
+                raise ClientError(safe(str(ev["code"])), safe(str(ev.get("text", ""))))
             if ev.get("ev") == "bye":
                 if ev.get("reconnect") and not self.state.quitting:
                     self._show(Shown("status", f"{self.state.node} is going away; moving to "

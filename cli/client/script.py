@@ -28,7 +28,8 @@ def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | Non
 async def run_script(addresses: list[Address], nick: str, rooms: list[str], *,
                      json_out: bool, stdin: TextIO | None = None,
                      stdout: TextIO | None = None, drain_timeout: float = 30.0,
-                     tls: ssl.SSLContext | None = None) -> int:
+                     tls: ssl.SSLContext | None = None, secret: str | None = None,
+                     password: str | None = None) -> int:
     """Send each stdin line, print what arrives; at EOF wait for the acks, then quit."""
     out = stdout or sys.stdout
     err = sys.stderr
@@ -42,7 +43,7 @@ async def run_script(addresses: list[Address], nick: str, rooms: list[str], *,
     def raw(ev: dict[str, Any]) -> None:
         print(json.dumps(ev, ensure_ascii=False), file=out, flush=True)
 
-    state = ClientState(addresses, nick, rooms or ["lobby"])
+    state = ClientState(addresses, nick, rooms or ["lobby"], secret=secret, password=password)
     client = ChatClient(state, show=show, on_event=raw if json_out else None, tls=tls)
     runner = asyncio.create_task(client.run())
     queue: asyncio.Queue[str | None] = asyncio.Queue()
@@ -78,7 +79,8 @@ async def run_script(addresses: list[Address], nick: str, rooms: list[str], *,
 
 
 async def say_once(addresses: list[Address], nick: str, room: str, text: str,
-                   wait: float = 15.0, tls: ssl.SSLContext | None = None) -> int:
+                   wait: float = 15.0, tls: ssl.SSLContext | None = None,
+                   secret: str | None = None, password: str | None = None) -> int:
     """Say one line; 0 only once the cluster acknowledged it."""
     problems: list[str] = []
 
@@ -86,7 +88,7 @@ async def say_once(addresses: list[Address], nick: str, room: str, text: str,
         if item.kind == "error":
             problems.append(plain(item))
 
-    state = ClientState(addresses, nick, [room])
+    state = ClientState(addresses, nick, [room], secret=secret, password=password)
     client = ChatClient(state, show=show, max_attempts=2 * len(addresses), tls=tls)
     await client.submit(text)
     runner = asyncio.create_task(client.run())
@@ -118,7 +120,8 @@ async def say_once(addresses: list[Address], nick: str, room: str, text: str,
 
 
 async def query(addresses: list[Address], op: dict[str, Any],
-                wait: float = 5.0, tls: ssl.SSLContext | None = None) -> dict[str, Any]:
+                wait: float = 5.0, tls: ssl.SSLContext | None = None,
+                secret: str | None = None) -> dict[str, Any]:
     """Ask the first node that answers one question (``who``/``rooms``) without joining."""
     last: Exception | None = None
     for address in addresses:
@@ -128,6 +131,9 @@ async def query(addresses: list[Address], op: dict[str, Any],
                     address.host, address.port, ssl=tls,
                     server_hostname=address.host if tls is not None else None)
                 try:
+                    if secret:  # a token-mode cluster answers nothing before the token
+                        writer.write(json.dumps({"op": "auth", "secret": secret}).encode()
+                                     + b"\n")
                     writer.write(json.dumps({**op, "ref": "q"}).encode() + b"\n")
                     while line := await reader.readline():
                         if line.startswith(b"{"):
