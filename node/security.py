@@ -442,6 +442,7 @@ class Security:
         self.hasher = Hasher(cfg.hash_concurrency, cfg.hash_queue)
         self._oper_accounts = frozenset(fold_nick(n) for n in cfg.oper_accounts)
         self.login_failures = 0
+        self.operator_actions = 0
 
     def close(self) -> None:
         self.hasher.close()
@@ -511,7 +512,12 @@ class Security:
 
     async def _verify(self, s: Session, folded: str, account: Account, password: str) -> None:
         await self.throttle.charge(folded, s.ip)
-        if not await self.hasher.verify(account.hash, password):
+        try:
+            good = await self.hasher.verify(account.hash, password)
+        except AuthBusy:  # never checked: give the attempt back
+            await self.throttle.refund(folded, s.ip)
+            raise
+        if not good:
             self.login_failures += 1
             self.throttle.failed += 1
             log.warning("login failed", account=account.name)
@@ -714,6 +720,7 @@ class Security:
                 return
             case _:
                 raise BadArguments(f"{type(cmd).__name__.lower()} is not supported here")
+        self.operator_actions += 1
         s.send(Ack(cmd.ref))
 
     # ------------------------------------------------------------------ from the bus

@@ -203,6 +203,11 @@ async def test_failed_logins_are_throttled_per_name_cluster_wide(
         dave = await json_user(port(b), "dave")
         await dave.op("say", text="still here", ref="s")
         await dave.event("ack", ref="s")
+        metrics = b.http._metrics.render().decode()
+        assert 'hubbub_auth_refusals_total{reason="failed"} 1.0' in metrics
+        assert 'hubbub_auth_refusals_total{reason="throttled"} 0.0' in metrics
+        assert 'hubbub_auth_refusals_total{reason="throttled"} 1.0' in \
+            a.http._metrics.render().decode()
 
 
 async def test_concurrent_guesses_cannot_slip_past_the_cap(fake_server: fakeredis.FakeServer
