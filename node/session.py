@@ -59,6 +59,7 @@ from .model import (
     Pong,
     Private,
     Quit,
+    Register,
     Rooms,
     RoomsReply,
     Say,
@@ -318,6 +319,8 @@ class Session:
                 self.send(Notice(HELP))
                 self.send(Ack(cmd.ref))
             elif isinstance(cmd, SECURITY_COMMANDS):
+                if isinstance(cmd, Register) and not await self._throttle(cmd):
+                    return False  # creating accounts counts against the rate like /nick
                 await self.node.security.handle(self, cmd)
             elif not self.registered and not isinstance(cmd, Who | Rooms):
                 raise NotRegistered()  # /who ROOM and /rooms may look before joining
