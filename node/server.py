@@ -174,7 +174,9 @@ class ChatNode:
                           writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if self._stopping.is_set():
+        if self._stopping.is_set() or writer.transport.is_closing():
+            # (over TLS a client can finish the handshake and be gone before this runs:
+            # its transport is closed already and knows no peer any more)
             writer.close()
             return
         if not self.gate.admit(writer):

@@ -104,7 +104,7 @@ class ChatClient:
             finally:
                 if self.connected:
                     self.failovers += 1
-                self._drop()
+                await _closed(self._drop())
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -140,15 +140,17 @@ class ChatClient:
         if self._writer is not None:
             self._writer.write(json.dumps(op, ensure_ascii=False).encode() + b"\n")
 
-    def _drop(self) -> None:
+    def _drop(self) -> asyncio.StreamWriter | None:
+        """Forget the connection; the writer being closed is returned (to wait for)."""
         was = self.connected
         self.connected = False
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
         self.state.disconnected()
         if was:
             self._on_status()
+        return writer
 
     async def _session(self, address: Address) -> None:
         async with asyncio.timeout(self.connect_timeout):
@@ -237,6 +239,16 @@ class ChatClient:
             self._dispatch(ev)
             if self._writer is not None:
                 await self._writer.drain()
+
+
+async def _closed(writer: asyncio.StreamWriter | None) -> None:
+    """Wait (briefly) until a closed connection's socket is gone: over TLS, closing
+    exchanges close_notify first, and a process that exits before then leaks the socket."""
+    if writer is None:
+        return
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1.0):
+            await writer.wait_closed()
 
 
 def _why(exc: BaseException) -> str:

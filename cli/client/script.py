@@ -145,6 +145,9 @@ async def query(addresses: list[Address], op: dict[str, Any],
                     raise EOFError("connection closed")
                 finally:
                     writer.close()
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(1.0):
+                            await writer.wait_closed()  # over TLS, after close_notify
         except (OSError, EOFError, TimeoutError, ValueError) as exc:
             last = exc
     raise ClientError("unreachable", f"no node answered ({last})")
