@@ -67,6 +67,14 @@ async def test_accounts_and_an_operator_account_across_two_real_nodes(tmp_path: 
             line = await a.wait_line(is_event("audit"))
             assert json.loads(line)["action"] == "oper"
             await b.wait_line(lambda s: is_event("audit")(s) and '"via": "secret"' in s)
+            # deleting the account frees the name for guests again
+            await op.send("/quit")
+            await op.closed()
+            code, out = await _account_cli("delete", "ALICE", url=url)
+            assert code == 0, out
+            code, out = await _account_cli("delete", "alice", url=url)
+            assert code == 1 and "no account named alice" in out
+            await text_user(pb, "alice")
         finally:
             assert await a.stop() == 0
             assert await b.stop() == 0
