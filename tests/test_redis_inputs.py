@@ -122,3 +122,22 @@ async def test_rooms_with_pattern_or_tag_characters_are_refused(
         assert (await c.event("error", ref=1))["code"] == "bad-room"
         await c.op("who", room=room, ref=2)
         assert (await c.event("error", ref=2))["code"] == "bad-room"
+
+
+def test_compose_redis_requires_a_password_and_every_node_gives_it() -> None:
+    """docker-compose.yml: Redis runs with --requirepass, unpublished, and each node's
+    HUBBUB_REDIS_URL carries the same password variable (docs/SECURITY.md § Defaults)."""
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    command = services["redis"]["command"]
+    assert "--requirepass" in command
+    password = command[command.index("--requirepass") + 1]
+    assert password.startswith("${REDIS_PASSWORD")
+    assert "ports" not in services["redis"]
+    nodes = [s for name, s in services.items() if name.startswith("node")]
+    assert nodes
+    for node in nodes:
+        url = node["environment"]["HUBBUB_REDIS_URL"]
+        assert url.startswith(f"redis://:{password}@redis:"), url
