@@ -341,3 +341,20 @@ def test_the_skeleton_library_still_makes_the_keys_we_shipped() -> None:
     import disarm
 
     assert disarm.KEY_SCHEMA_VERSION == 10
+
+
+_CYRILLIC_TWINS = {"a": "\u0430", "e": "\u0435", "o": "\u043e", "p": "\u0440",
+                   "c": "\u0441", "x": "\u0445", "y": "\u0443", "i": "\u0456",
+                   "j": "\u0458", "s": "\u0455"}
+
+
+@given(st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=32), st.data())
+def test_swapping_letters_for_cyrillic_twins_keeps_the_key(name: str,
+                                                            data: st.DataObject) -> None:
+    """Any Latin name with any of its letters replaced by their Cyrillic look-alikes (and
+    its case changed) folds to the same key: such a name is taken while the other is."""
+    swap = data.draw(st.lists(st.booleans(), min_size=len(name), max_size=len(name)))
+    twin = "".join(_CYRILLIC_TWINS.get(ch, ch) if flip else ch
+                   for ch, flip in zip(name, swap, strict=True))
+    upper = data.draw(st.booleans())
+    assert fold_nick(twin.upper() if upper else twin) == fold_nick(name)
