@@ -11,11 +11,14 @@ import typer
 from node.config import NodeConfig, default_node_id
 from node.logs import configure_logging
 
+from .accounts import account_app, read_secret
+
 app = typer.Typer(
     help="hubbub: a horizontally scaled TCP chat cluster relaying through Redis.",
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(account_app, name="account")
 
 _DEFAULTS = NodeConfig(node_id="defaults")
 
@@ -115,6 +118,61 @@ def node(
     ready_window: Annotated[float, _opt(
         "READY_WINDOW", "Seconds within which Redis must have answered and the bus canary "
         "come back for /readyz to say ready.")] = _DEFAULTS.ready_window,
+    tls_cert: Annotated[str, _opt(
+        "TLS_CERT", "PEM certificate chain: serve TLS (1.2 or later) on the chat port, or "
+        "on --tls-port.")] = _DEFAULTS.tls_cert,
+    tls_key: Annotated[str, _opt("TLS_KEY", "PEM private key of --tls-cert.")
+                       ] = _DEFAULTS.tls_key,
+    tls_port: Annotated[int, _opt(
+        "TLS_PORT", "Serve TLS on this extra port and keep --port plaintext (0: --port "
+        "itself serves TLS only).")] = _DEFAULTS.tls_port,
+    tls_handshake_timeout: Annotated[float, _opt(
+        "TLS_HANDSHAKE_TIMEOUT", "Seconds a client has to finish the TLS handshake.")
+                                     ] = _DEFAULTS.tls_handshake_timeout,
+    redis_ca: Annotated[str, _opt(
+        "REDIS_CA", "PEM CA certificates that verify a rediss:// Redis (default: the "
+        "system's).")] = _DEFAULTS.redis_ca,
+    auth: Annotated[str, _opt(
+        "AUTH", "open (anyone), token (the shared --auth-token first) or accounts "
+        "(registered names need their password).")] = _DEFAULTS.auth,
+    auth_token: Annotated[str, _opt(
+        "AUTH_TOKEN", "The shared access token of --auth token.", show_default=False)] = "",
+    auth_token_file: Annotated[str, _opt(
+        "AUTH_TOKEN_FILE", "A file holding the access token (instead of --auth-token).",
+        show_default=False)] = "",
+    oper_secret: Annotated[str, _opt(
+        "OPER_SECRET", "/oper SECRET makes a user an operator (default: none).",
+        show_default=False)] = "",
+    oper_secret_file: Annotated[str, _opt(
+        "OPER_SECRET_FILE", "A file holding the operator secret (instead of "
+        "--oper-secret).", show_default=False)] = "",
+    oper_accounts: Annotated[str, _opt(
+        "OPER_ACCOUNTS", "Comma-separated account names whose logins are operators "
+        "(besides accounts flagged with hubbub account oper).", show_default=False)] = "",
+    hash_concurrency: Annotated[int, _opt(
+        "HASH_CONCURRENCY", "Password hashes (argon2id) computed at once, off the event "
+        "loop.")] = _DEFAULTS.hash_concurrency,
+    hash_queue: Annotated[int, _opt(
+        "HASH_QUEUE", "Password hashes that may wait for a slot; more are refused "
+        "(auth-busy).")] = _DEFAULTS.hash_queue,
+    min_password: Annotated[int, _opt("MIN_PASSWORD", "Shortest account password.")
+                            ] = _DEFAULTS.min_password,
+    login_fails_per_name: Annotated[int, _opt(
+        "LOGIN_FAILS_PER_NAME", "Failed logins for one name per --login-fail-window, "
+        "cluster-wide; more are refused unchecked (0: no cap).")
+                                    ] = _DEFAULTS.login_fails_per_name,
+    login_fails_per_ip: Annotated[int, _opt(
+        "LOGIN_FAILS_PER_IP", "Failed logins, access tokens and operator secrets from one "
+        "address per window (0: no cap).")] = _DEFAULTS.login_fails_per_ip,
+    login_fail_window: Annotated[float, _opt(
+        "LOGIN_FAIL_WINDOW", "Seconds over which failed logins are counted.")
+                                 ] = _DEFAULTS.login_fail_window,
+    ban_duration: Annotated[float, _opt(
+        "BAN_DURATION", "Seconds a /ban lasts when no duration is given.")
+                            ] = _DEFAULTS.ban_duration,
+    mute_duration: Annotated[float, _opt(
+        "MUTE_DURATION", "Seconds a /mute lasts when no duration is given.")
+                             ] = _DEFAULTS.mute_duration,
 ) -> None:
     """Run one chat node.  Every option also reads its HUBBUB_* environment variable."""
     from .run_node import run_node
@@ -133,13 +191,36 @@ def node(
             keepalive_count=keepalive_count,
             redis_timeout=redis_timeout, shutdown_grace=shutdown_grace, http_host=http_host,
             http_port=http_port, ready_window=ready_window, allow_eviction=allow_eviction,
-            outbox_seconds=outbox_seconds, outbox_max=outbox_max)
+            outbox_seconds=outbox_seconds, outbox_max=outbox_max,
+            tls_cert=tls_cert, tls_key=tls_key, tls_port=tls_port,
+            tls_handshake_timeout=tls_handshake_timeout, redis_ca=redis_ca,
+            auth=auth, auth_token=read_secret(auth_token, auth_token_file, "--auth-token"),
+            oper_secret=read_secret(oper_secret, oper_secret_file, "--oper-secret"),
+            oper_accounts=tuple(n.strip() for n in oper_accounts.split(",") if n.strip()),
+            hash_concurrency=hash_concurrency, hash_queue=hash_queue,
+            min_password=min_password, login_fails_per_name=login_fails_per_name,
+            login_fails_per_ip=login_fails_per_ip, login_fail_window=login_fail_window,
+            ban_duration=ban_duration, mute_duration=mute_duration)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    _check_tls_files(config)
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise typer.BadParameter("log level must be debug, info, warning or error")
     configure_logging(json=log_json, level=log_level)
     run_node(config)
+
+
+def _check_tls_files(config: NodeConfig) -> None:
+    """Refuse to start with a certificate or key that cannot be loaded (before listening)."""
+    import ssl
+
+    from node.tls import server_context
+
+    if config.tls_cert:
+        try:
+            server_context(config.tls_cert, config.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise typer.BadParameter(f"cannot load --tls-cert/--tls-key: {exc}") from exc
 
 
 @app.command()
@@ -170,6 +251,26 @@ _NodeOpt = Annotated[list[str] | None, typer.Option(
     "[default: localhost:5051].", show_default=False)]
 
 
+_TlsOpt = Annotated[bool, typer.Option(
+    "--tls", envvar="HUBBUB_TLS", help="Speak TLS, verifying the node's certificate (system "
+    "CAs unless --ca).")]
+_CaOpt = Annotated[str | None, typer.Option(
+    "--ca", envvar="HUBBUB_TLS_CA", help="PEM CA certificates to verify nodes with (implies "
+    "--tls).", show_default=False)]
+
+
+def _tls(tls: bool, ca: str | None) -> Any:
+    """The client's TLS context, or None for plaintext."""
+    if not tls and not ca:
+        return None
+    from node.tls import client_context
+
+    try:
+        return client_context(ca or None)
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read --ca: {exc}") from exc
+
+
 def _addresses(given: list[str] | None) -> list[Any]:
     from .client.state import Address
 
@@ -180,6 +281,14 @@ def _addresses(given: list[str] | None) -> list[Any]:
         return [Address.parse(a) for a in raw] or [Address("localhost", 5051)]
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+
+
+_SecretOpt = Annotated[str | None, typer.Option(
+    "--secret", envvar="HUBBUB_SECRET", help="The cluster's access token (--auth token "
+    "clusters); prefer the variable.", show_default=False)]
+_PasswordOpt = Annotated[str | None, typer.Option(
+    "--password", envvar="HUBBUB_PASSWORD", help="Your nickname's account password "
+    "(--auth accounts clusters); prefer the variable.", show_default=False)]
 
 
 @app.command()
@@ -193,6 +302,10 @@ def connect(
                     ] = None,
     node: _NodeOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print raw JSON events.")] = False,
+    tls: _TlsOpt = False,
+    ca: _CaOpt = None,
+    secret: _SecretOpt = None,
+    password: _PasswordOpt = None,
 ) -> None:
     """Chat: a terminal UI, or (stdin not a terminal) send each stdin line and print events."""
     import asyncio
@@ -201,13 +314,16 @@ def connect(
         raise typer.BadParameter("--nick is required (or HUBBUB_NICK)")
     addresses = _addresses([*(addrs or []), *(node or [])])
     rooms = list(room or ["lobby"])
+    context = _tls(tls, ca)
     if sys.stdin.isatty() and sys.stdout.isatty() and not json_out:
         from .client.tui import run_interactive
 
-        raise typer.Exit(run_interactive(addresses, nick, rooms))
+        raise typer.Exit(run_interactive(addresses, nick, rooms, tls=context,
+                                         secret=secret, password=password))
     from .client.script import run_script
 
-    raise typer.Exit(asyncio.run(run_script(addresses, nick, rooms, json_out=json_out)))
+    raise typer.Exit(asyncio.run(run_script(addresses, nick, rooms, json_out=json_out,
+                                            tls=context, secret=secret, password=password)))
 
 
 @app.command()
@@ -217,6 +333,10 @@ def say(
                     ] = "",
     room: Annotated[str, typer.Option(help="Room to say it in.")] = "lobby",
     node: _NodeOpt = None,
+    tls: _TlsOpt = False,
+    ca: _CaOpt = None,
+    secret: _SecretOpt = None,
+    password: _PasswordOpt = None,
 ) -> None:
     """Say one line and exit: status 0 only once the cluster acknowledged it."""
     import asyncio
@@ -225,19 +345,24 @@ def say(
 
     if not nick:
         raise typer.BadParameter("--nick is required (or HUBBUB_NICK)")
-    raise typer.Exit(asyncio.run(say_once(_addresses(node), nick, room, text)))
+    raise typer.Exit(asyncio.run(say_once(_addresses(node), nick, room, text,
+                                          tls=_tls(tls, ca), secret=secret,
+                                          password=password)))
 
 
 @app.command()
 def who(
     room: Annotated[str, typer.Argument(help="Room to list.")] = "lobby",
     node: _NodeOpt = None,
+    tls: _TlsOpt = False,
+    ca: _CaOpt = None,
+    secret: _SecretOpt = None,
 ) -> None:
     """Who is in a room, cluster-wide (a table)."""
     from rich.console import Console
     from rich.table import Table
 
-    ev = _ask(_addresses(node), {"op": "who", "room": room})
+    ev = _ask(_addresses(node), {"op": "who", "room": room}, _tls(tls, ca), secret)
     table = Table(title=f"#{ev.get('room', room)}")
     table.add_column("nick")
     for nick in ev.get("nicks", []):
@@ -246,12 +371,13 @@ def who(
 
 
 @app.command()
-def rooms(node: _NodeOpt = None) -> None:
+def rooms(node: _NodeOpt = None, tls: _TlsOpt = False, ca: _CaOpt = None,
+          secret: _SecretOpt = None) -> None:
     """The cluster's rooms with their member counts (a table)."""
     from rich.console import Console
     from rich.table import Table
 
-    ev = _ask(_addresses(node), {"op": "rooms"})
+    ev = _ask(_addresses(node), {"op": "rooms"}, _tls(tls, ca), secret)
     table = Table(title="rooms")
     table.add_column("room")
     table.add_column("members", justify="right")
@@ -260,14 +386,15 @@ def rooms(node: _NodeOpt = None) -> None:
     Console().print(table)
 
 
-def _ask(addresses: list[Any], op: dict[str, Any]) -> dict[str, Any]:
+def _ask(addresses: list[Any], op: dict[str, Any], tls: Any = None,
+         secret: str | None = None) -> dict[str, Any]:
     import asyncio
 
     from .client.connection import ClientError
     from .client.script import query
 
     try:
-        return asyncio.run(query(addresses, op))
+        return asyncio.run(query(addresses, op, tls=tls, secret=secret))
     except ClientError as exc:
         typer.echo(f"! {exc}", err=True)
         raise typer.Exit(1) from None

@@ -21,7 +21,7 @@ log = structlog.get_logger("hubbub.cli")
 
 
 async def _main(config: NodeConfig) -> None:
-    redis = connect_redis(config.redis_url, config.redis_timeout)
+    redis = connect_redis(config.redis_url, config.redis_timeout, ca=config.redis_ca or None)
     node = ChatNode(config, redis)
     loop = asyncio.get_running_loop()
     signals = 0

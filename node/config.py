@@ -29,7 +29,8 @@ class NodeConfig:
     node_id: str = field(default_factory=default_node_id)
     host: str = "0.0.0.0"
     port: int = 5051
-    redis_url: str = "redis://localhost:6379/0"
+    redis_url: str = field(default="redis://localhost:6379/0", repr=False)
+    """May carry a user and password (never shown in a repr)."""
     prefix: str = "hubbub:"
     lease_ttl: float = 15.0
     """Seconds a nickname lease lives without renewal; names of a dead node are freed
@@ -101,6 +102,48 @@ class NodeConfig:
     """A node is ready only if Redis answered and a canary came back within this many
     seconds."""
 
+    # -- TLS on the chat port, and the Redis connection's trust (docs/SECURITY.md)
+    tls_cert: str = ""
+    """PEM certificate chain for TLS on the chat port ("": no TLS)."""
+    tls_key: str = ""
+    """PEM private key of ``tls_cert``."""
+    tls_port: int = 0
+    """With a certificate: serve TLS on this extra port and keep ``port`` plaintext
+    (0: ``port`` itself serves TLS only)."""
+    tls_handshake_timeout: float = 10.0
+    """Seconds a client has to finish the TLS handshake before it is dropped."""
+    redis_ca: str = ""
+    """PEM CA certificates that verify a ``rediss://`` Redis ("": the system's CAs)."""
+
+    # -- authentication, accounts and operators (docs/SECURITY.md)
+    auth: str = "open"
+    """``open`` (anyone), ``token`` (a shared access token first) or ``accounts``
+    (registered names need their password)."""
+    auth_token: str = field(default="", repr=False)
+    """The shared access token of ``--auth token``."""
+    oper_secret: str = field(default="", repr=False)
+    """``/oper SECRET`` makes a session an operator ("": no operator secret)."""
+    oper_accounts: tuple[str, ...] = ()
+    """Account names whose logins are operators (besides accounts flagged in Redis)."""
+    hash_concurrency: int = 2
+    """Password hashes (argon2id) computed at once, off the event loop."""
+    hash_queue: int = 64
+    """Password hashes that may wait for a hashing slot; more are refused (auth-busy)."""
+    min_password: int = 8
+    """Shortest account password, in characters."""
+    login_fails_per_name: int = 3
+    """Failed logins (and operator secrets) for one name per window; more are refused
+    unchecked until the window ends (0: no cap)."""
+    login_fails_per_ip: int = 10
+    """Failed logins, access tokens and operator secrets from one address per window
+    (0: no cap)."""
+    login_fail_window: float = 60.0
+    """Seconds over which failed logins are counted (a fixed window, cluster-wide)."""
+    ban_duration: float = 3600.0
+    """Seconds a /ban lasts when no duration is given."""
+    mute_duration: float = 600.0
+    """Seconds a /mute lasts when no duration is given."""
+
     def __post_init__(self) -> None:
         problems = []
         if not _NODE_ID.fullmatch(self.node_id):
@@ -135,5 +178,39 @@ class NodeConfig:
         for name in ("burst", "conn_burst_per_ip", "keepalive_interval", "keepalive_count"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.replace('_', ' ')} must be at least 1")
+        problems.extend(self._auth_problems())
+        problems.extend(self._tls_problems())
         if problems:
             raise ValueError("; ".join(problems))
+
+    def _auth_problems(self) -> list[str]:
+        problems = []
+        if self.auth not in ("open", "token", "accounts"):
+            problems.append("auth must be open, token or accounts")
+        if self.auth == "token" and not self.auth_token:
+            problems.append("auth token mode needs an access token (--auth-token or "
+                            "--auth-token-file)")
+        for name in ("hash_concurrency", "min_password"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name.replace('_', ' ')} must be at least 1")
+        for name in ("hash_queue", "login_fails_per_name", "login_fails_per_ip"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name.replace('_', ' ')} must not be negative")
+        for name in ("login_fail_window", "ban_duration", "mute_duration"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name.replace('_', ' ')} must be at least 1 second")
+        return problems
+
+    def _tls_problems(self) -> list[str]:
+        problems = []
+        if bool(self.tls_cert) != bool(self.tls_key):
+            problems.append("TLS needs both a certificate and a key (--tls-cert, --tls-key)")
+        if self.tls_port and not self.tls_cert:
+            problems.append("a TLS port needs a certificate and key (--tls-cert, --tls-key)")
+        if not 0 <= self.tls_port <= 65535:
+            problems.append("tls port must be 0-65535")
+        if self.tls_port and self.tls_port == self.port:
+            problems.append("tls port must differ from the plaintext port")
+        if self.tls_handshake_timeout <= 0:
+            problems.append("tls handshake timeout must be positive")
+        return problems

@@ -25,6 +25,7 @@ __all__ = [
     "RoomJoin",
     "RoomMsg",
     "RoomPart",
+    "Sanction",
     "UserQuit",
     "parse",
     "ts_of_id",
@@ -203,10 +204,50 @@ class Canary:
         return cls(node=_s(d, "node"), seq=seq)
 
 
-Envelope = RoomMsg | RoomJoin | RoomPart | UserQuit | NickChange | DirectMsg | Canary
+@dataclass(frozen=True, slots=True)
+class Sanction:
+    """An operator's action for the node(s) holding its target: ``action`` is ``kick``,
+    ``ban`` (disconnect), ``mute`` or ``unmute``; the target is a folded nickname
+    (``folded``, sent to the node holding it) or an address (``ip``, sent to every node)."""
+
+    kind: ClassVar[str] = "sanction"
+    action: str
+    folded: str
+    ip: str
+    by: str
+    reason: str | None = None
+    seconds: float = 0.0
+
+    def serialize(self) -> bytes:
+        body: dict[str, Any] = {"v": VERSION, "t": self.kind, "action": self.action,
+                                "folded": self.folded, "ip": self.ip, "by": self.by,
+                                "seconds": self.seconds}
+        if self.reason is not None:
+            body["reason"] = self.reason
+        return _dumps(body)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Sanction:
+        reason = d.get("reason")
+        seconds = d.get("seconds", 0)
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise BadEnvelope("sanction without numeric seconds")
+        try:
+            value = float(seconds)
+        except OverflowError:
+            raise BadEnvelope("sanction with out-of-range seconds") from None
+        if not math.isfinite(value):
+            raise BadEnvelope("sanction with out-of-range seconds")
+        return cls(action=_s(d, "action"), folded=_s(d, "folded"), ip=_s(d, "ip"),
+                   by=_s(d, "by"), reason=reason if isinstance(reason, str) else None,
+                   seconds=value)
+
+
+Envelope = (RoomMsg | RoomJoin | RoomPart | UserQuit | NickChange | DirectMsg | Canary |
+            Sanction)
 
 _KINDS: dict[str, Any] = {c.kind: c for c in (RoomMsg, RoomJoin, RoomPart, UserQuit,
-                                               NickChange, DirectMsg, Canary)}
+                                               NickChange, DirectMsg, Canary, Sanction)}
 
 
 def _s(d: dict[str, Any], key: str) -> str:

@@ -16,12 +16,24 @@
     │   ├── NickTaken                ``nick-taken``
     │   ├── NoSuchNick               ``no-such-nick``
     │   ├── NotInRoom                ``not-in-room``
-    │   └── NotRegistered            ``not-registered``
+    │   ├── NotRegistered            ``not-registered``
+    │   ├── AuthRequired             ``auth-required`` (token mode: the access token first)
+    │   ├── AuthFailed               ``auth-failed`` (wrong token, password or operator secret)
+    │   ├── AuthThrottled            ``auth-throttled`` (too many failed attempts lately)
+    │   ├── AuthBusy                 ``auth-busy`` (too many password hashes waiting)
+    │   ├── LoginRequired            ``login-required`` (the name has an account)
+    │   ├── AccountExists            ``account-exists``
+    │   ├── NoSuchAccount            ``no-such-account``
+    │   ├── NotEnabled               ``not-enabled`` (not in this cluster's auth mode)
+    │   ├── NotOperator              ``not-operator``
+    │   ├── Banned                   ``banned`` (a nickname or address ban)
+    │   └── Muted                    ``muted``
     ├── RelayUnavailable             ``relay-unavailable`` (Redis cannot be reached)
     ├── RedisMisconfigured           Redis is set up so that names could be granted twice
     └── SessionClosed                the session is over (``reason`` says why)
         ├── SendQueueExceeded        ``send-queue-exceeded`` (a slow reader)
         ├── RateLimited              ``rate-limited`` (a flood went on past its delays)
+        ├── Kicked                   ``kicked`` (an operator removed the user)
         └── TooManyConnections       ``too-many-connections`` (refused at connect)
 
 Errors raised by redis-py are translated into :class:`RelayUnavailable` at the relay
@@ -31,20 +43,32 @@ boundary (``raise RelayUnavailable(...) from exc``); nothing above the relay see
 from __future__ import annotations
 
 __all__ = [
+    "AccountExists",
+    "AuthBusy",
+    "AuthFailed",
+    "AuthRequired",
+    "AuthThrottled",
     "BadArguments",
     "BadEncoding",
     "BadJson",
     "BadNick",
     "BadRoom",
+    "Banned",
     "BufferOverflow",
     "CommandError",
     "EmptyText",
     "FatalProtocolError",
     "HubbubError",
+    "Kicked",
     "LineTooLong",
+    "LoginRequired",
+    "Muted",
     "NickTaken",
+    "NoSuchAccount",
     "NoSuchNick",
+    "NotEnabled",
     "NotInRoom",
+    "NotOperator",
     "NotRegistered",
     "ProtocolError",
     "RateLimited",
@@ -149,6 +173,61 @@ class NotRegistered(CommandError):
     default_text = "choose a nickname first"
 
 
+class AuthRequired(CommandError):
+    code = "auth-required"
+    default_text = "this cluster needs its access token first"
+
+
+class AuthFailed(CommandError):
+    code = "auth-failed"
+    default_text = "authentication failed"
+
+
+class AuthThrottled(CommandError):
+    code = "auth-throttled"
+    default_text = "too many failed attempts; try again later"
+
+
+class AuthBusy(CommandError):
+    code = "auth-busy"
+    default_text = "too many logins at once; try again in a moment"
+
+
+class LoginRequired(CommandError):
+    code = "login-required"
+    default_text = "that nickname is registered; log in to use it"
+
+
+class AccountExists(CommandError):
+    code = "account-exists"
+    default_text = "that nickname is already registered"
+
+
+class NoSuchAccount(CommandError):
+    code = "no-such-account"
+    default_text = "no account has that name"
+
+
+class NotEnabled(CommandError):
+    code = "not-enabled"
+    default_text = "not available on this cluster"
+
+
+class NotOperator(CommandError):
+    code = "not-operator"
+    default_text = "only operators may do that"
+
+
+class Banned(CommandError):
+    code = "banned"
+    default_text = "you are banned"
+
+
+class Muted(CommandError):
+    code = "muted"
+    default_text = "you are muted"
+
+
 class RelayUnavailable(HubbubError):
     code = "relay-unavailable"
     default_text = "the cluster relay (Redis) is unavailable; try again shortly"
@@ -176,6 +255,13 @@ class RateLimited(SessionClosed):
 
     code = "rate-limited"
     default_text = "too many messages too fast; goodbye"
+
+
+class Kicked(SessionClosed):
+    """An operator removed the user (a kick, or a ban of its name or address)."""
+
+    code = "kicked"
+    default_text = "you were removed by an operator"
 
 
 class TooManyConnections(SessionClosed):

@@ -82,7 +82,7 @@ class Gate:
         self.paused_since: float | None = None
         """Loop time at which accepting failed for want of descriptors; None: accepting."""
         self._accept_failed_at = 0.0
-        self._server: asyncio.Server | None = None
+        self._servers: tuple[asyncio.Server, ...] = ()
         self._handler: Any = None
         self._previous: Any = None
         self._logged: dict[str, tuple[float, int]] = {}  # reason -> (when, count then)
@@ -90,9 +90,10 @@ class Gate:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, server: asyncio.Server) -> None:
-        """Fit the total cap to the open-file limit and watch ``server``'s accepts."""
-        self._server = server
+    def start(self, *servers: asyncio.Server) -> None:
+        """Fit the total cap to the open-file limit and watch the ``servers``' accepts
+        (the chat port, and the TLS port if there is one: one cap covers both)."""
+        self._servers = servers
         limit = open_file_limit()
         cap = connection_ceiling(self.config.max_connections, limit)
         if cap != self.config.max_connections:
@@ -168,10 +169,10 @@ class Gate:
     # ------------------------------------------------------------------ fd exhaustion
 
     def _ours(self, sock: Any) -> bool:
-        if self._server is None or sock is None:
+        if sock is None:
             return False
         try:
-            return sock.fileno() in {s.fileno() for s in self._server.sockets}
+            return sock.fileno() in {s.fileno() for srv in self._servers for s in srv.sockets}
         except (OSError, ValueError):
             return False
 

@@ -20,6 +20,14 @@ key                                             type    meaning
 ``{room:<room>}:ch``                            chan    the room's pub/sub channel
 ``{node:<node>}:ch``                            chan    private messages for users on a node
 ``{events}``                                    chan    quits and nick changes, every node listens
+``{accounts}``                                  HASH    folded -> JSON {name, hash, created}
+``{accounts}:opers``                            SET     folded account names flagged operators
+``{auth}:fail:name:<folded>``                   STRING  failed logins for a name, window TTL
+``{auth}:fail:ip:<address>``                    STRING  failed logins from an address, window TTL
+``{mod}:ban:nick:<folded>``                     STRING  a nickname ban (JSON), TTL = its duration
+``{mod}:ban:ip:<address>``                      STRING  an address ban (JSON), TTL = its duration
+``{mod}:mute:<folded>``                         STRING  a mute (JSON), TTL = its duration
+``{mod}:index``                                 HASH    ``<kind>:<target>`` -> JSON, for listing
 ==============================================  ======  ==========================================
 
 (each shown without the prefix).  Room names are ``[a-z0-9][a-z0-9_-]*`` and node ids
@@ -34,7 +42,8 @@ __all__ = ["Keys"]
 class Keys:
     """Builds key and channel names for one prefix."""
 
-    __slots__ = ("epoch", "events", "info", "nicks", "nodes", "prefix", "rooms")
+    __slots__ = ("accounts", "epoch", "events", "info", "nicks", "nodes", "opers", "prefix",
+                 "rooms", "sanctions")
 
     def __init__(self, prefix: str = "hubbub:") -> None:
         self.prefix = prefix
@@ -44,6 +53,9 @@ class Keys:
         self.epoch = f"{prefix}{{nicks}}:epoch"
         self.rooms = f"{prefix}{{rooms}}"
         self.events = f"{prefix}{{events}}"
+        self.accounts = f"{prefix}{{accounts}}"
+        self.opers = f"{prefix}{{accounts}}:opers"
+        self.sanctions = f"{prefix}{{mod}}:index"
 
     def lease(self, folded: str) -> str:
         return f"{self.prefix}{{nicks}}:lease:{folded}"
@@ -69,6 +81,23 @@ class Keys:
 
     def node_channel(self, node: str) -> str:
         return f"{self.prefix}{{node:{node}}}:ch"
+
+    def fail_name(self, folded: str) -> str:
+        """Failed logins for one name (the ``{auth}`` tag comes first, so braces in a
+        folded name never change the slot)."""
+        return f"{self.prefix}{{auth}}:fail:name:{folded}"
+
+    def fail_ip(self, address: str) -> str:
+        return f"{self.prefix}{{auth}}:fail:ip:{address}"
+
+    def ban_nick(self, folded: str) -> str:
+        return f"{self.prefix}{{mod}}:ban:nick:{folded}"
+
+    def ban_ip(self, address: str) -> str:
+        return f"{self.prefix}{{mod}}:ban:ip:{address}"
+
+    def mute(self, folded: str) -> str:
+        return f"{self.prefix}{{mod}}:mute:{folded}"
 
     def room_of_channel(self, channel: str) -> str | None:
         """The room a room channel belongs to, or None for any other channel."""

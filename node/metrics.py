@@ -97,6 +97,22 @@ class _NodeCollector(Collector):
                                   "flooding (rate-limited).", value=node.stats.flood_disconnects)
         yield CounterMetricFamily("hubbub_accept_pauses", "Times accepting paused for want "
                                   "of file descriptors.", value=node.stats.accept_pauses)
+        security = node.security
+        auth = CounterMetricFamily(
+            "hubbub_auth_refusals", "Authentication attempts refused, by reason (failed: a "
+            "wrong password, token or operator secret; throttled: over a failed-attempt cap, "
+            "not checked; busy: the password hash queue was full).", labels=["reason"])
+        for reason, count in (("failed", security.login_failures),
+                              ("throttled", security.throttle.refused),
+                              ("busy", security.hasher.refused)):
+            auth.add_metric([reason], count)
+        yield auth
+        yield GaugeMetricFamily("hubbub_password_hashes_inflight", "Password hashes running "
+                                "or waiting for a hashing thread.",
+                                value=security.hasher.inflight)
+        yield CounterMetricFamily("hubbub_operator_actions", "Operator actions carried out "
+                                  "(each also logged as an audit event).",
+                                  value=security.operator_actions)
         yield from relay.publish_seconds.collect()
         yield from relay.canary_seconds.collect()
 

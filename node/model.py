@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 __all__ = [
     "Ack",
     "AskNick",
+    "Auth",
+    "Ban",
+    "BanEntry",
+    "Bans",
+    "BansReply",
     "Bye",
     "Command",
     "Error",
@@ -24,12 +29,16 @@ __all__ = [
     "HistoryReply",
     "Join",
     "Joined",
+    "Kick",
+    "Login",
     "Me",
     "Message",
     "Msg",
+    "Mute",
     "Nick",
     "NickChanged",
     "Notice",
+    "Oper",
     "Part",
     "Parted",
     "Ping",
@@ -37,9 +46,12 @@ __all__ = [
     "Private",
     "Quit",
     "Quitted",
+    "Register",
     "Rooms",
     "RoomsReply",
     "Say",
+    "Unban",
+    "Unmute",
     "Welcome",
     "Who",
     "WhoReply",
@@ -66,6 +78,10 @@ class Hello(Command):
     nick: str
     token: str | None = None
     rooms: tuple[str, ...] = ()
+    secret: str | None = field(default=None, repr=False)
+    """The cluster's access token (``--auth token``)."""
+    password: str | None = field(default=None, repr=False)
+    """The account password of ``nick`` (``--auth accounts``): a login."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +156,78 @@ class Help(Command):
 @dataclass(frozen=True, slots=True)
 class Quit(Command):
     reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Auth(Command):
+    """Present the cluster's access token (``--auth token``), before the nickname."""
+
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Login(Command):
+    """Use the registered name ``nick`` (``--auth accounts``): registers with it before
+    a nickname is chosen, renames to it afterwards."""
+
+    nick: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Register(Command):
+    """Protect the current nickname with ``password`` (create its account)."""
+
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Oper(Command):
+    """Become an operator with the cluster's operator secret."""
+
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Kick(Command):
+    """Operators: disconnect ``nick``, wherever it is connected."""
+
+    nick: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ban(Command):
+    """Operators: ban a nickname or an address (IPv4, or the /64 of an IPv6 address) for
+    ``duration`` seconds (None: the node's default); online matches are disconnected."""
+
+    target: str
+    duration: int | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unban(Command):
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mute(Command):
+    """Operators: refuse ``nick``'s messages for ``duration`` seconds (None: default)."""
+
+    nick: str
+    duration: int | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unmute(Command):
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bans(Command):
+    """Operators: list the bans and mutes in force, cluster-wide."""
 
 
 # --------------------------------------------------------------------------- events
@@ -236,6 +324,24 @@ class RoomsReply(Event):
 class HistoryReply(Event):
     room: str
     messages: tuple[Message, ...]
+    ref: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BanEntry:
+    """One ban or mute in force: ``kind`` is ``nick-ban``, ``ip-ban`` or ``mute``."""
+
+    kind: str
+    target: str
+    by: str
+    reason: str | None
+    expires_in: float
+    """Seconds left."""
+
+
+@dataclass(frozen=True, slots=True)
+class BansReply(Event):
+    entries: tuple[BanEntry, ...]
     ref: str | int | None = None
 
 

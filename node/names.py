@@ -4,7 +4,8 @@ Pure functions, no I/O.  The session calls them on whatever a codec parsed:
 
 * :func:`check_nick` validates a nickname as typed; :func:`fold_nick` gives the key that
   decides whether two nicknames are "the same" (``Alice``, ``ALICE`` and the full-width
-  form of ``ALICE``, U+FF21 U+FF2C U+FF29 U+FF23 U+FF25, are one name).
+  form of ``ALICE``, U+FF21 U+FF2C U+FF29 U+FF23 U+FF25, are one name, and so are names
+  that merely look alike: ``evan`` and ``evan`` with a Cyrillic U+0435 for the ``e``).
 * :func:`check_room` turns ``#Lobby`` into ``lobby`` or refuses it.  Room names are plain
   ASCII so they can be used verbatim in Redis keys and channel names.
 * :func:`clean_text` removes everything that could drive another user's terminal (escape
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+
+from disarm import skeleton_key
 
 from node.errors import BadNick, BadRoom, EmptyText
 
@@ -32,6 +35,9 @@ MAX_NICK = 32
 
 MAX_ROOM = 32
 """Longest room name, in characters (ASCII)."""
+
+_FOLD_ROUNDS = 4
+"""Folding normally settles in one or two rounds; this bounds it whatever the data."""
 
 # --------------------------------------------------------------------------- nicknames
 
@@ -89,13 +95,31 @@ def check_nick(raw: str) -> str:
     return nick
 
 
-def fold_nick(nick: str) -> str:
-    """Return the uniqueness key of ``nick``: NFKC, casefold, NFKC again.
+def _nfkc_casefold(text: str) -> str:
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
 
-    Two nicknames with the same key cannot be online at the same time.
+
+def fold_nick(nick: str) -> str:
+    """Return the uniqueness key of ``nick``: names that look alike get the same key.
+
+    NFKC, casefold, NFKC again (``ALICE`` is ``alice``), then the Unicode TR39 confusable
+    skeleton (``disarm.skeleton_key`` with TR39's digit classes, so ``evan`` with a Cyrillic
+    U+0435 is ``evan``, ``b0b`` is ``bob``, ``user1`` is ``userl``) plus the one TR39 mapping
+    disarm leaves out on purpose, ``m`` -> ``rn`` — repeated until nothing changes, so
+    the key of a key is itself.  The key is never empty for a non-empty nickname.
+
+    Two nicknames with the same key cannot be online at the same time.  The key names
+    Redis keys (a nickname's lease): changing this function changes them, so every node
+    of a cluster must fold alike (see docs/SECURITY.md).  The nickname shown is always
+    the one typed.
     """
-    folded = unicodedata.normalize("NFKC", nick).casefold()
-    return unicodedata.normalize("NFKC", folded)
+    key = _nfkc_casefold(nick)
+    for _ in range(_FOLD_ROUNDS):
+        nxt = _nfkc_casefold(skeleton_key(key, digit_policy="tr39").replace("m", "rn"))
+        if nxt == key:
+            break
+        key = nxt
+    return key or _nfkc_casefold(nick)
 
 
 # --------------------------------------------------------------------------- rooms

@@ -42,6 +42,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Literal, Protocol
 
+from node.durations import DurationError, format_duration, parse_duration
 from node.errors import (
     BadArguments,
     BadEncoding,
@@ -55,6 +56,11 @@ from node.errors import (
 from node.model import (
     Ack,
     AskNick,
+    Auth,
+    Ban,
+    BanEntry,
+    Bans,
+    BansReply,
     Bye,
     Command,
     Error,
@@ -65,12 +71,16 @@ from node.model import (
     HistoryReply,
     Join,
     Joined,
+    Kick,
+    Login,
     Me,
     Message,
     Msg,
+    Mute,
     Nick,
     NickChanged,
     Notice,
+    Oper,
     Part,
     Parted,
     Ping,
@@ -78,9 +88,12 @@ from node.model import (
     Private,
     Quit,
     Quitted,
+    Register,
     Rooms,
     RoomsReply,
     Say,
+    Unban,
+    Unmute,
     Welcome,
     Who,
     WhoReply,
@@ -282,7 +295,20 @@ USAGE: dict[str, str] = {
     "help": "usage: /help",
     "ping": "usage: /ping",
     "quit": "usage: /quit [REASON]",
+    "auth": "usage: /auth TOKEN",
+    "login": "usage: /login NICK PASSWORD",
+    "register": "usage: /register PASSWORD",
+    "oper": "usage: /oper SECRET",
+    "kick": "usage: /kick NICK [REASON]",
+    "ban": "usage: /ban NICK|ADDRESS [DURATION] [REASON] (DURATION like 30s, 10m, 2h, 7d)",
+    "unban": "usage: /unban NICK|ADDRESS",
+    "mute": "usage: /mute NICK [DURATION] [REASON] (DURATION like 30s, 10m, 2h, 7d)",
+    "unmute": "usage: /unmute NICK",
+    "bans": "usage: /bans",
 }
+
+_BEFORE_NAME = frozenset({"auth", "login"})
+"""Text commands understood before a nickname is chosen (the others are nick attempts)."""
 
 
 def _one_word(rest: str, command: str, required: bool) -> str | None:
@@ -303,8 +329,37 @@ def _word_and_text(rest: str, command: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
+def _secret(rest: str, command: str) -> str:
+    """A secret argument: the rest of the line without surrounding spaces."""
+    secret = rest.strip()
+    if not secret:
+        raise BadArguments(USAGE[command])
+    return secret
+
+
+def _target_duration_reason(rest: str, command: str) -> tuple[str, int | None, str | None]:
+    """``TARGET [DURATION] [REASON]``: the second word is a duration when it reads as
+    one, otherwise the reason starts there."""
+    parts = _ARG_SPLIT_RE.split(rest.strip(), maxsplit=2)
+    if not parts or not parts[0]:
+        raise BadArguments(USAGE[command])
+    target, duration, reason = parts[0], None, None
+    if len(parts) > 1:
+        try:
+            duration = parse_duration(parts[1])
+        except DurationError as exc:
+            if parts[1][:1].isdigit():  # meant as a duration, but not one we accept
+                raise BadArguments(f"{exc}; {USAGE[command]}") from None
+            reason = " ".join(parts[1:])
+        else:
+            reason = parts[2] if len(parts) > 2 else None
+    return target, duration, reason
+
+
 def _parse_text_command(word: str, rest: str) -> Command:
     name = word.lower()
+    if name in _SECURITY_COMMANDS:
+        return _SECURITY_COMMANDS[name](rest)
     if name == "join":
         room = _one_word(rest, name, required=True)
         assert room is not None
@@ -346,6 +401,57 @@ def _parse_text_command(word: str, rest: str) -> Command:
     raise UnknownCommand(f"unknown command /{_printable(word)}; try /help")
 
 
+def _parse_login(rest: str) -> Login:
+    parts = _ARG_SPLIT_RE.split(rest.strip(), maxsplit=1)
+    if len(parts) != 2 or not parts[0] or not parts[1].strip():
+        raise BadArguments(USAGE["login"])
+    return Login(nick=parts[0], password=parts[1].strip())
+
+
+def _parse_kick(rest: str) -> Kick:
+    parts = _ARG_SPLIT_RE.split(rest.strip(), maxsplit=1)
+    if not parts[0]:
+        raise BadArguments(USAGE["kick"])
+    return Kick(nick=parts[0], reason=parts[1].strip() if len(parts) > 1 else None)
+
+
+def _parse_ban(rest: str) -> Ban:
+    target, duration, reason = _target_duration_reason(rest, "ban")
+    return Ban(target=target, duration=duration, reason=reason)
+
+
+def _parse_mute(rest: str) -> Mute:
+    target, duration, reason = _target_duration_reason(rest, "mute")
+    return Mute(nick=target, duration=duration, reason=reason)
+
+
+def _parse_one(rest: str, command: str) -> str:
+    word = _one_word(rest, command, required=True)
+    assert word is not None
+    return word
+
+
+def _parse_bans(rest: str) -> Bans:
+    if rest.strip():
+        raise BadArguments(USAGE["bans"])
+    return Bans()
+
+
+_SECURITY_COMMANDS: dict[str, Callable[[str], Command]] = {
+    "auth": lambda rest: Auth(secret=_secret(rest, "auth")),
+    "login": _parse_login,
+    "register": lambda rest: Register(password=_secret(rest, "register")),
+    "oper": lambda rest: Oper(secret=_secret(rest, "oper")),
+    "kick": _parse_kick,
+    "ban": _parse_ban,
+    "unban": lambda rest: Unban(target=_parse_one(rest, "unban")),
+    "mute": _parse_mute,
+    "unmute": lambda rest: Unmute(nick=_parse_one(rest, "unmute")),
+    "bans": _parse_bans,
+}
+"""Text commands of authentication, accounts and operators (docs/SECURITY.md)."""
+
+
 class TextCodec:
     """Plain text for people: ``/commands``, everything else is said in the current room.
 
@@ -372,6 +478,8 @@ class TextCodec:
                 return Quit(reason=rest.strip() or None)
             if registered:
                 return _parse_text_command(word, rest)
+            if word.lower() in _BEFORE_NAME:
+                return _SECURITY_COMMANDS[word.lower()](rest)
         if not registered:
             return Hello(nick=bare)
         if line.startswith("//"):
@@ -422,6 +530,10 @@ class TextCodec:
                     f"* [{_oneline(m.room)}] {_hms(m.ts)} {_text_message(m)}" for m in messages
                 ]
                 return [head, *body, "* end of history"]
+            case BansReply(entries=entries):
+                what = "ban or mute" if len(entries) == 1 else "bans or mutes"
+                head = f"* {len(entries)} {what} in force"
+                return [head, *(f"* {_ban_line(e)}" for e in entries), "* end of bans"]
             case Ack():
                 return []
             case Pong():
@@ -431,6 +543,14 @@ class TextCodec:
             case Bye(reason=reason):
                 return [f"* bye: {_oneline(reason)}"]
         raise TypeError(f"cannot render {type(event).__name__} in text mode")
+
+
+def _ban_line(entry: BanEntry) -> str:
+    line = (f"{_oneline(entry.kind)} {_oneline(entry.target)} — "
+            f"{format_duration(entry.expires_in)} left, by {_oneline(entry.by)}")
+    if entry.reason:
+        line += f": {_oneline(entry.reason)}"
+    return line
 
 
 def _text_lines(text: str) -> list[str]:
@@ -492,6 +612,24 @@ class _Fields:
             raise self._bad(f"field {key!r} must be a list of strings")
         return tuple(value)
 
+    def opt_duration(self, key: str) -> int | None:
+        """Seconds, given as a positive integer or as a duration string (``"10m"``)."""
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            try:
+                return parse_duration(value)
+            except DurationError as exc:
+                raise self._bad(f"field {key!r}: {exc}") from None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self._bad(f"field {key!r} must be a positive integer of seconds or a "
+                            "duration like \"10m\"")
+        try:
+            return parse_duration(str(value))
+        except DurationError as exc:
+            raise self._bad(f"field {key!r}: {exc}") from None
+
     def opt_positive_int(self, key: str) -> int | None:
         value = self.obj.get(key)
         if value is None:
@@ -514,7 +652,8 @@ def _json_ref(obj: JsonObject) -> Ref:
 
 _JSON_OPS: dict[str, Callable[[_Fields], Command]] = {
     "hello": lambda f: Hello(nick=f.req_str("nick"), token=f.opt_str("token"),
-                             rooms=f.opt_str_list("rooms"), ref=f.ref),
+                             rooms=f.opt_str_list("rooms"), secret=f.opt_str("secret"),
+                             password=f.opt_str("password"), ref=f.ref),
     "say": lambda f: Say(text=f.req_str("text"), room=f.opt_str("room"), ref=f.ref),
     "me": lambda f: Me(text=f.req_str("text"), room=f.opt_str("room"), ref=f.ref),
     "join": lambda f: Join(room=f.req_str("room"), ref=f.ref),
@@ -530,6 +669,18 @@ _JSON_OPS: dict[str, Callable[[_Fields], Command]] = {
     "ping": lambda f: Ping(ref=f.ref),
     "help": lambda f: Help(ref=f.ref),
     "quit": lambda f: Quit(reason=f.opt_str("reason"), ref=f.ref),
+    "auth": lambda f: Auth(secret=f.req_str("secret"), ref=f.ref),
+    "login": lambda f: Login(nick=f.req_str("nick"), password=f.req_str("password"), ref=f.ref),
+    "register": lambda f: Register(password=f.req_str("password"), ref=f.ref),
+    "oper": lambda f: Oper(secret=f.req_str("secret"), ref=f.ref),
+    "kick": lambda f: Kick(nick=f.req_str("nick"), reason=f.opt_str("reason"), ref=f.ref),
+    "ban": lambda f: Ban(target=f.req_str("target"), duration=f.opt_duration("duration"),
+                         reason=f.opt_str("reason"), ref=f.ref),
+    "unban": lambda f: Unban(target=f.req_str("target"), ref=f.ref),
+    "mute": lambda f: Mute(nick=f.req_str("nick"), duration=f.opt_duration("duration"),
+                           reason=f.opt_str("reason"), ref=f.ref),
+    "unmute": lambda f: Unmute(nick=f.req_str("nick"), ref=f.ref),
+    "bans": lambda f: Bans(ref=f.ref),
 }
 
 
@@ -575,6 +726,13 @@ def _json_event(event: Event) -> JsonObject:
         case HistoryReply(room=room, messages=messages, ref=ref):
             listing = [_message_object(m) for m in messages]
             return {"ev": "history", "room": room, "messages": listing, "ref": ref}
+        case BansReply(entries=entries, ref=ref):
+            listing = [{"kind": e.kind, "target": e.target, "by": e.by, "reason": e.reason,
+                        "expires_in": round(e.expires_in, 3)} for e in entries]
+            for item in listing:
+                if item["reason"] is None:
+                    del item["reason"]
+            return {"ev": "bans", "bans": listing, "ref": ref}
         case Ack(ref=ref, id=id_):
             # "ref" is always present in an ack, even when null.
             return {"ev": "ack", "ref": ref, **({"id": id_} if id_ is not None else {})}
@@ -709,5 +867,5 @@ class ServerConnection:
                 continue
             if command is not None:
                 out.append(command)
-                hello_seen = hello_seen or isinstance(command, Hello)
+                hello_seen = hello_seen or isinstance(command, Hello | Login)
         return out

@@ -589,6 +589,19 @@ class Relay:
             raise NoSuchNick(f"{msg.to} is not online")
         self.stats.published += 1
 
+    async def sanction(self, sanction: env.Sanction, node: str) -> bool:
+        """Send an operator's kick/ban/mute to the node holding its target (the private
+        message path); False when no node received it."""
+        async with _translated("sanction"):
+            receivers = await self._redis.publish(self.keys.node_channel(node),
+                                                  sanction.serialize())
+        return bool(receivers)
+
+    async def broadcast(self, sanction: env.Sanction) -> None:
+        """Send an operator's action to every node (an address ban)."""
+        async with _translated("sanction"):
+            await self._redis.publish(self.keys.events, sanction.serialize())
+
     # ------------------------------------------------------------------ subscriptions
 
     async def subscribe_room(self, room: str) -> None:

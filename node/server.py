@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -47,7 +48,9 @@ from .model import (
 from .names import MAX_NICK, fold_nick
 from .pause import pause
 from .relay import NameInfo, Relay
+from .security import Security
 from .session import Session
+from .tls import server_context
 
 __all__ = ["ChatNode", "NodeStats"]
 
@@ -84,8 +87,12 @@ class ChatNode:
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._server: asyncio.Server | None = None
+        self._tls_server: asyncio.Server | None = None
+        self.tls_port: int | None = None
+        """The port serving TLS: ``port`` itself, an extra one, or None (no TLS)."""
         self.http = HttpEndpoint(self)
         self.gate = Gate(config, self.stats)
+        self.security = Security(self, redis)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -95,12 +102,18 @@ class ChatNode:
         relay_task = asyncio.create_task(self.relay.run(), name="relay")
         relay_task.add_done_callback(lambda _: self._stopping.set())  # it only ends on error
         try:
-            self._server = await asyncio.start_server(
-                self._on_connect, self.config.host, self.config.port,
-                backlog=self.config.backlog, reuse_address=True)
+            cfg = self.config
+            tls = server_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
+            self._server = await self._listen(cfg.port, None if cfg.tls_port else tls)
             self.port = self._server.sockets[0].getsockname()[1]
-            self.gate.start(self._server)
-            log.info("node listening", host=self.config.host, port=self.port)
+            if tls is not None and cfg.tls_port:
+                self._tls_server = await self._listen(cfg.tls_port, tls)
+                self.tls_port = self._tls_server.sockets[0].getsockname()[1]
+            elif tls is not None:
+                self.tls_port = self.port
+            self.gate.start(*(s for s in (self._server, self._tls_server) if s is not None))
+            log.info("node listening", host=cfg.host, port=self.port, tls_port=self.tls_port,
+                     plaintext=tls is None or bool(cfg.tls_port))
             if self.config.http_port:
                 await self.http.start(self.config.http_host, self.config.http_port)
             if started is not None:
@@ -108,6 +121,14 @@ class ChatNode:
             await self._stopping.wait()
         finally:
             await self._shutdown(relay_task)
+
+    async def _listen(self, port: int, tls: ssl.SSLContext | None) -> asyncio.Server:
+        """A listener on ``port``: plaintext, or TLS with a bounded handshake (a client that
+        stalls in it, or speaks plaintext, is dropped and never becomes a session)."""
+        cfg = self.config
+        return await asyncio.start_server(
+            self._on_connect, cfg.host, port, backlog=cfg.backlog, reuse_address=True,
+            ssl=tls, ssl_handshake_timeout=cfg.tls_handshake_timeout if tls else None)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -122,6 +143,8 @@ class ChatNode:
         if self._server is not None:
             self._server.close()
             self.gate.stop()
+        if self._tls_server is not None:
+            self._tls_server.close()
         # 2. tell every client, stop reading; each session's cleanup releases its name
         for session in list(self.sessions):
             session.shutdown("node shutting down")
@@ -142,6 +165,7 @@ class ChatNode:
         failure = (await asyncio.gather(relay_task, return_exceptions=True))[0]
         # 5. the HTTP endpoint last: /readyz said "shutting down" all along the drain
         await self.http.stop()
+        self.security.close()
         log.info("node stopped")
         if isinstance(failure, BaseExceptionGroup):
             fatal = failure.subgroup(RedisMisconfigured)
@@ -152,7 +176,9 @@ class ChatNode:
                           writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if self._stopping.is_set():
+        if self._stopping.is_set() or writer.transport.is_closing():
+            # (over TLS a client can finish the handshake and be gone before this runs:
+            # its transport is closed already and knows no peer any more)
             writer.close()
             return
         if not self.gate.admit(writer):
@@ -425,6 +451,8 @@ class ChatNode:
                 if (me := self.by_sid.get(e.sid)) is not None:
                     targets.add(me)
                 self._fan_out(NickChanged(e.old, e.new), targets)
+            case env.Sanction():
+                self.security.on_sanction(e)
             case env.DirectMsg():
                 target = self.local.get(e.to_folded)
                 if target is not None:

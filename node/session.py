@@ -35,7 +35,7 @@ from .errors import (
     RateLimited,
     RelayUnavailable,
 )
-from .limits import FloodGuard
+from .limits import FloodGuard, ip_key
 from .model import (
     Ack,
     AskNick,
@@ -59,6 +59,7 @@ from .model import (
     Pong,
     Private,
     Quit,
+    Register,
     Rooms,
     RoomsReply,
     Say,
@@ -70,6 +71,7 @@ from .names import check_nick, check_room, clean_text, fold_nick
 from .outbox import SendQueue
 from .protocol import ServerConnection
 from .relay import describe
+from .security import SECURITY_COMMANDS
 
 if TYPE_CHECKING:
     from .server import ChatNode
@@ -91,7 +93,18 @@ HELP = """commands:
 /history [N]        the last N messages of the current room
 /ping               check the connection
 /quit [REASON]      leave (also /exit /q /close /disconnect)
-//text              say a line that starts with /"""
+//text              say a line that starts with /
+accounts (when the cluster has them):
+/register PASSWORD  protect your nickname with a password
+/login NICK PASS    use your registered nickname
+operators:
+/oper SECRET        become an operator
+/kick NICK [REASON]            disconnect a user
+/ban NICK|ADDRESS [DUR] [WHY]  ban a nickname or address (DUR like 10m, 2h, 7d)
+/unban NICK|ADDRESS            lift a ban
+/mute NICK [DUR] [WHY]         refuse a user's messages for a while
+/unmute NICK                   lift a mute
+/bans                          bans and mutes in force"""
 
 _ids = itertools.count(1)
 _PUBLISHING = (Say, Me, Msg, Nick, Join, Part)
@@ -127,6 +140,15 @@ class Session:
         self._tasks: list[asyncio.Task[None]] = []
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.ip = ip_key(str(peer[0])) if isinstance(peer, tuple) else str(peer)
+        """The unit bans and login throttles count: an IPv4 address or an IPv6 /64."""
+        self.authed = cfg.auth != "token"
+        """Token mode: the access token was given (always True in other modes)."""
+        self.account: str | None = None
+        """The folded name of the account this session logged in to."""
+        self.oper = False
+        self.muted_until = 0.0
+        """Loop time until which the user's messages are refused (an operator's mute)."""
 
     # ------------------------------------------------------------------ state
 
@@ -235,6 +257,12 @@ class Session:
 
     async def _read_loop(self) -> None:
         try:
+            try:
+                await self.node.security.check_connect(self)
+            except HubbubError as exc:
+                self.close_reason = "banned"
+                self.send(Error(exc.code, exc.text))
+                return
             self.send(Notice(f"welcome to hubbub (node {self.node.config.node_id})"))
             self.send(Notice("type /help for commands, /quit to leave"))
             self.send(AskNick())
@@ -298,9 +326,17 @@ class Session:
             elif isinstance(cmd, Help):
                 self.send(Notice(HELP))
                 self.send(Ack(cmd.ref))
+            elif isinstance(cmd, SECURITY_COMMANDS):
+                if isinstance(cmd, Register) and not await self._throttle(cmd):
+                    return False  # creating accounts counts against the rate like /nick
+                await self.node.security.handle(self, cmd)
             elif not self.registered and not isinstance(cmd, Who | Rooms):
                 raise NotRegistered()  # /who ROOM and /rooms may look before joining
             else:
+                if not self.registered:
+                    self.node.security.require_access(self)
+                if isinstance(cmd, Say | Me | Msg):
+                    self.node.security.check_muted(self)
                 if isinstance(cmd, _PUBLISHING) and not await self._throttle(cmd):
                     return False
                 await self._command(cmd)
@@ -327,14 +363,21 @@ class Session:
             await asyncio.sleep(delay)  # the client's next lines wait in its socket
         return True
 
+    async def hello(self, cmd: Hello) -> None:
+        """Register (or resume, or log in to) a nickname; see docs/PROTOCOL.md."""
+        await self._hello(cmd)
+
     async def _hello(self, cmd: Hello) -> None:
         if self.registered:
             raise BadArguments(f"you are already registered as {self.nick}")
         nick = check_nick(cmd.nick)
         folded = fold_nick(nick)
         rooms = tuple(dict.fromkeys(check_room(r) for r in cmd.rooms)) or (LOBBY,)
+        security = self.node.security
+        admission = await security.admit(self, cmd, folded)
         resumed = bool(cmd.token) and await self.node.resume(self, nick, folded, cmd.token or "")
         if not resumed:
+            await security.login_hello(self, cmd, folded, admission)
             await self.node.register(self, nick, folded)
         self.conn.registered = True
         structlog.contextvars.bind_contextvars(nick=nick)
@@ -343,6 +386,7 @@ class Session:
         self.send(Welcome(nick, self.node.config.node_id, rooms, token, resumed))
         if cmd.ref is not None:
             self.send(Ack(cmd.ref))
+        await security.registered(self, admission, folded)  # login, operator, mute
         for room in rooms:
             await self.node.join(self, room, announce=not resumed)
 
@@ -380,7 +424,9 @@ class Session:
             case Msg(to=to, text=raw_text):
                 await self._private(check_nick(to), clean_text(raw_text), cmd.ref)
             case Nick(nick=raw):
-                await node.rename(self, check_nick(raw))
+                new = check_nick(raw)
+                await node.security.check_rename(self, new)
+                await node.rename(self, new)
                 self.send(Ack(cmd.ref))
             case Who(room=raw):
                 room = check_room(raw) if raw is not None else self._in_room(None)

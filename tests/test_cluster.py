@@ -167,6 +167,25 @@ async def test_registration_refusals_then_success(fake_server: fakeredis.FakeSer
         assert (await c.expect("* welcome")).startswith("* welcome alicia")
 
 
+async def test_look_alike_names_are_taken_cluster_wide_and_shown_as_typed(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server) as (a, b):
+        evan = await text_user(port(a), "evan")
+        c = await LineClient.connect(port(b))
+        await c.expect("* GET_NAME")
+        for look_alike in ("\u0435van", "\u0415VAN", "\u0435v\u0430n"):  # Cyrillic е, а
+            await c.send(look_alike)
+            assert (await c.expect("!")).startswith("! nick-taken:"), look_alike
+            await c.expect("* GET_NAME")
+        await c.send("\u0435v\u0430n_")  # a look-alike of a free name is free, shown as typed
+        assert (await c.expect("* welcome")).startswith("* welcome \u0435v\u0430n_")
+        assert await evan.expect("* \u0435") == "* \u0435v\u0430n_ joined lobby"
+        await c.send("/nick b0b")
+        assert await evan.expect("* \u0435") == "* \u0435v\u0430n_ is now b0b"
+        await evan.send("/nick BOB")
+        assert (await evan.expect("!")).startswith("! nick-taken:")
+
+
 async def test_nick_race_exactly_one_winner(fake_server: fakeredis.FakeServer) -> None:
     async with two_nodes(fake_server) as (a, b):
         for trial in range(100):

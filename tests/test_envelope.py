@@ -37,6 +37,9 @@ EXAMPLES: list[env.Envelope] = [
     NickChange("alice", "alicia", ("lobby", "dev"), "n1/1"),
     NickChange("alice", "ALICE", (), "n1/1"),
     DirectMsg("alice", "n1/1", "Bob", "bob", "psst", "pm-1-n1/1", 1700000000.25),
+    env.Sanction("kick", "bob", "", "op", "spam"),
+    env.Sanction("ban", "", "10.0.0.1", "op", None, 3600.0),
+    env.Sanction("mute", "bob", "", "op", None, 30.5),
 ]
 
 
@@ -50,7 +53,7 @@ def test_every_kind_round_trips(envelope: env.Envelope) -> None:
 
 def test_every_kind_is_covered() -> None:
     assert {type(e) for e in EXAMPLES} == {RoomMsg, RoomJoin, RoomPart, UserQuit, NickChange,
-                                          DirectMsg}
+                                          DirectMsg, env.Sanction}
 
 
 def test_room_msg_without_id_serializes_without_id() -> None:
@@ -243,3 +246,11 @@ def test_ts_of_id(stream_id: str, ts: float) -> None:
 def test_room_msg_ts_comes_from_its_id() -> None:
     assert RoomMsg("r", "a", "s", "t", id="2000-1").ts == 2.0
     assert RoomMsg("r", "a", "s", "t").ts == 0.0
+
+
+@pytest.mark.parametrize("seconds", ["1", None, True, 10**400, [1]])
+def test_sanction_needs_finite_numeric_seconds(seconds: object) -> None:
+    data = json.dumps({"v": 1, "t": "sanction", "action": "mute", "folded": "b", "ip": "",
+                       "by": "op", "seconds": seconds})
+    with pytest.raises(env.BadEnvelope):
+        env.parse(data)

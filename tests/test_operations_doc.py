@@ -36,5 +36,5 @@ def test_every_node_option_and_its_variable_are_in_the_reference() -> None:
 
 def test_client_variables_are_documented() -> None:
     doc = DOC.read_text()
-    for var in ("HUBBUB_NODES", "HUBBUB_NICK", "REDIS_PASSWORD"):
+    for var in ("HUBBUB_NODES", "HUBBUB_NICK", "HUBBUB_TLS", "HUBBUB_TLS_CA", "REDIS_PASSWORD"):
         assert f"`{var}`" in doc

@@ -24,6 +24,11 @@ from node.errors import (
 from node.model import (
     Ack,
     AskNick,
+    Auth,
+    Ban,
+    BanEntry,
+    Bans,
+    BansReply,
     Bye,
     Command,
     Error,
@@ -34,12 +39,16 @@ from node.model import (
     HistoryReply,
     Join,
     Joined,
+    Kick,
+    Login,
     Me,
     Message,
     Msg,
+    Mute,
     Nick,
     NickChanged,
     Notice,
+    Oper,
     Part,
     Parted,
     Ping,
@@ -47,9 +56,12 @@ from node.model import (
     Private,
     Quit,
     Quitted,
+    Register,
     Rooms,
     RoomsReply,
     Say,
+    Unban,
+    Unmute,
     Welcome,
     Who,
     WhoReply,
@@ -649,6 +661,15 @@ RENDERED: list[tuple[Event, bytes, bytes]] = [
         b"* bye: server shutting down\n",
         b'{"ev":"bye","reason":"server shutting down"}\n',
     ),
+    (
+        BansReply(entries=(BanEntry("nick-ban", "bob", "op", "spam", 3599.5),
+                           BanEntry("ip-ban", "10.0.0.1", "op", None, 60.0)), ref=4),
+        "* 2 bans or mutes in force\n* nick-ban bob — 1h left, by op: spam\n"
+        "* ip-ban 10.0.0.1 — 1m left, by op\n* end of bans\n".encode(),
+        b'{"ev":"bans","bans":[{"kind":"nick-ban","target":"bob","by":"op","reason":"spam",'
+        b'"expires_in":3599.5},{"kind":"ip-ban","target":"10.0.0.1","by":"op",'
+        b'"expires_in":60.0}],"ref":4}\n',
+    ),
 ]
 
 
@@ -704,7 +725,8 @@ def test_render_is_deterministic() -> None:
 
 def _json_fields(event: Event) -> dict[str, object]:
     """What a JSON client should find, derived from the event's own fields."""
-    names = {"sender": "from", "messages": "messages", "rooms": "rooms", "nicks": "nicks"}
+    names = {"sender": "from", "messages": "messages", "rooms": "rooms", "nicks": "nicks",
+             "entries": "bans"}
     fields: dict[str, object] = {}
     for name in event.__dataclass_fields__:
         value = getattr(event, name)
@@ -716,6 +738,9 @@ def _json_fields(event: Event) -> dict[str, object]:
             value = [{"room": room, "members": n} for room, n in value]
         elif name == "nicks":
             value = sorted(value, key=str.casefold)
+        elif name == "entries":
+            value = [{k: getattr(e, k) for k in e.__dataclass_fields__
+                      if getattr(e, k) is not None} for e in value]
         elif isinstance(value, tuple):
             value = list(value)
         if value is None and not (isinstance(event, Ack) and name == "ref"):
@@ -906,3 +931,100 @@ def test_json_welcome_token_and_bye_reconnect_rendered() -> None:
         "ev": "bye", "reason": "node shutting down", "reconnect": True}
     # text mode never shows the credential
     assert b"n1/ff" not in TEXT.render(Welcome("a", "n1", ("lobby",), "n1/ff", True))
+
+
+# --------------------------------------------------------------------------- security commands
+
+
+@pytest.mark.parametrize(("line", "command"), [
+    ("/auth  tok en ", Auth(secret="tok en")),
+    ("/login alice my pass phrase", Login(nick="alice", password="my pass phrase")),
+    ("/register hunter22", Register(password="hunter22")),
+    ("/oper s3cret", Oper(secret="s3cret")),
+    ("/kick bob", Kick(nick="bob")),
+    ("/kick bob  go  away ", Kick(nick="bob", reason="go  away")),
+    ("/ban bob", Ban(target="bob")),
+    ("/ban bob 10m", Ban(target="bob", duration=600)),
+    ("/ban bob 2h spam links", Ban(target="bob", duration=7200, reason="spam links")),
+    ("/ban 10.0.0.1 spam", Ban(target="10.0.0.1", reason="spam")),
+    ("/BAN bob spam 10m", Ban(target="bob", reason="spam 10m")),
+    ("/unban 10.0.0.1", Unban(target="10.0.0.1")),
+    ("/mute bob 30s", Mute(nick="bob", duration=30)),
+    ("/mute bob hush", Mute(nick="bob", reason="hush")),
+    ("/unmute bob", Unmute(nick="bob")),
+    ("/bans", Bans()),
+])
+def test_text_security_commands(line: str, command: Command) -> None:
+    assert parse_text(line) == command
+
+
+@pytest.mark.parametrize("line", [
+    "/auth", "/login alice", "/login", "/register", "/oper  ", "/kick", "/ban",
+    "/ban bob 0m", "/ban bob 99999d", "/ban bob 5x", "/unban", "/unban a b", "/mute",
+    "/unmute", "/bans all",
+])
+def test_text_security_bad_args(line: str) -> None:
+    assert isinstance(text_error(line), BadArguments)
+
+
+def test_auth_and_login_work_before_a_name_the_rest_are_nick_attempts() -> None:
+    assert parse_text("/auth tok", registered=False) == Auth(secret="tok")
+    assert parse_text("/login a pw", registered=False) == Login(nick="a", password="pw")
+    assert parse_text("/oper x", registered=False) == Hello(nick="/oper x")
+
+
+def test_secrets_never_show_in_a_repr() -> None:
+    for cmd in (Auth(secret="S1"), Login(nick="a", password="S1"), Register(password="S1"),
+                Oper(secret="S1"), Hello(nick="a", secret="S1", password="S1")):
+        assert "S1" not in repr(cmd)
+
+
+def test_a_login_line_counts_as_the_hello_of_its_batch() -> None:
+    conn = ServerConnection()
+    out = conn.receive_data(b"/login alice pw\n/join dev\n")
+    assert out == [Login(nick="alice", password="pw"), Join(room="dev")]
+
+
+@pytest.mark.parametrize(("obj", "command"), [
+    ({"op": "hello", "nick": "a", "secret": "t", "password": "p"},
+     Hello(nick="a", secret="t", password="p")),
+    ({"op": "auth", "secret": "t", "ref": 1}, Auth(secret="t", ref=1)),
+    ({"op": "login", "nick": "a", "password": "p"}, Login(nick="a", password="p")),
+    ({"op": "register", "password": "p"}, Register(password="p")),
+    ({"op": "oper", "secret": "s"}, Oper(secret="s")),
+    ({"op": "kick", "nick": "b", "reason": "r"}, Kick(nick="b", reason="r")),
+    ({"op": "ban", "target": "b", "duration": "1h30m"}, Ban(target="b", duration=5400)),
+    ({"op": "ban", "target": "::1", "duration": 60, "reason": "r"},
+     Ban(target="::1", duration=60, reason="r")),
+    ({"op": "unban", "target": "b"}, Unban(target="b")),
+    ({"op": "mute", "nick": "b", "duration": 5}, Mute(nick="b", duration=5)),
+    ({"op": "unmute", "nick": "b"}, Unmute(nick="b")),
+    ({"op": "bans", "ref": "x"}, Bans(ref="x")),
+])
+def test_json_security_ops(obj: dict[str, object], command: Command) -> None:
+    assert parse_json(obj) == command
+
+
+@pytest.mark.parametrize("obj", [
+    {"op": "ban", "target": "b", "duration": 0},
+    {"op": "ban", "target": "b", "duration": True},
+    {"op": "ban", "target": "b", "duration": 1.5},
+    {"op": "ban", "target": "b", "duration": "soon"},
+    {"op": "mute", "nick": "b", "duration": 10**12},
+    {"op": "login", "nick": "a"},
+    {"op": "oper"},
+])
+def test_json_security_bad_fields(obj: dict[str, object]) -> None:
+    assert isinstance(json_error(json.dumps(obj)), BadArguments)
+
+
+@given(st.text(max_size=60))
+def test_ban_and_mute_lines_never_raise_anything_else(rest: str) -> None:
+    for word in ("ban", "mute", "kick", "login", "unban"):
+        try:
+            cmd = parse_text(f"/{word} {rest}")
+        except ProtocolError:
+            continue
+        assert cmd is not None
+        if isinstance(cmd, Ban | Mute):
+            assert cmd.duration is None or cmd.duration >= 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,12 @@ from .state import Address, ClientState, Op
 
 __all__ = ["ChatClient", "ClientError"]
 
-_FATAL = {"nick-taken", "bad-nick", "bad-room", "bad-args"}
+_FATAL = {"nick-taken", "bad-nick", "bad-room", "bad-args", "auth-required", "auth-failed",
+          "auth-throttled", "auth-busy", "login-required", "no-such-account", "not-enabled",
+          "banned"}
+"""Refusals of a hello that another node would refuse too: the client stops."""
+_REMOVED = {"kicked"}
+"""An operator removed the user: the client stops instead of reconnecting."""
 
 
 class ClientError(Exception):
@@ -49,8 +55,10 @@ class ChatClient:
                  on_event: Callable[[dict[str, Any]], None] | None = None,
                  ping_interval: float = 2.0, pong_timeout: float = 5.0,
                  backoff_max: float = 5.0, connect_timeout: float = 3.0,
-                 max_attempts: int | None = None) -> None:
+                 max_attempts: int | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.state = state
+        self.tls = tls
+        """Speak TLS to every node, verifying its certificate with this context."""
         self._show = show
         self._on_status = on_status or (lambda: None)
         self._on_event = on_event
@@ -96,7 +104,7 @@ class ChatClient:
             finally:
                 if self.connected:
                     self.failovers += 1
-                self._drop()
+                await _closed(self._drop())
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -132,20 +140,27 @@ class ChatClient:
         if self._writer is not None:
             self._writer.write(json.dumps(op, ensure_ascii=False).encode() + b"\n")
 
-    def _drop(self) -> None:
+    def _drop(self) -> asyncio.StreamWriter | None:
+        """Forget the connection; the writer being closed is returned (to wait for)."""
         was = self.connected
         self.connected = False
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
         self.state.disconnected()
         if was:
             self._on_status()
+        return writer
 
     async def _session(self, address: Address) -> None:
         async with asyncio.timeout(self.connect_timeout):
-            reader, writer = await asyncio.open_connection(address.host, address.port,
-                                                           limit=1 << 22)
+            try:
+                reader, writer = await asyncio.open_connection(
+                    address.host, address.port, limit=1 << 22, ssl=self.tls,
+                    server_hostname=address.host if self.tls is not None else None)
+            except ssl.SSLCertVerificationError as exc:  # not a node to fail over from
+                raise ClientError("tls-unverified", f"{address}: {exc.verify_message}"
+                                  ) from exc
         self._writer = writer
         self._send(self.state.hello())
         async with asyncio.timeout(self.connect_timeout * 2):
@@ -214,6 +229,8 @@ class ChatClient:
             heard = loop.time()
             if ev is None:
                 continue
+            if ev.get("ev") == "error" and ev.get("code") in _REMOVED:
+                raise ClientError(safe(str(ev["code"])), safe(str(ev.get("text", ""))))
             if ev.get("ev") == "bye":
                 if ev.get("reconnect") and not self.state.quitting:
                     self._show(Shown("status", f"{self.state.node} is going away; moving to "
@@ -222,6 +239,16 @@ class ChatClient:
             self._dispatch(ev)
             if self._writer is not None:
                 await self._writer.drain()
+
+
+async def _closed(writer: asyncio.StreamWriter | None) -> None:
+    """Wait (briefly) until a closed connection's socket is gone: over TLS, closing
+    exchanges close_notify first, and a process that exits before then leaks the socket."""
+    if writer is None:
+        return
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1.0):
+            await writer.wait_closed()
 
 
 def _why(exc: BaseException) -> str:

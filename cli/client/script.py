@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import sys
 import threading
 from typing import Any, TextIO
@@ -26,7 +27,9 @@ def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | Non
 
 async def run_script(addresses: list[Address], nick: str, rooms: list[str], *,
                      json_out: bool, stdin: TextIO | None = None,
-                     stdout: TextIO | None = None, drain_timeout: float = 30.0) -> int:
+                     stdout: TextIO | None = None, drain_timeout: float = 30.0,
+                     tls: ssl.SSLContext | None = None, secret: str | None = None,
+                     password: str | None = None) -> int:
     """Send each stdin line, print what arrives; at EOF wait for the acks, then quit."""
     out = stdout or sys.stdout
     err = sys.stderr
@@ -40,8 +43,8 @@ async def run_script(addresses: list[Address], nick: str, rooms: list[str], *,
     def raw(ev: dict[str, Any]) -> None:
         print(json.dumps(ev, ensure_ascii=False), file=out, flush=True)
 
-    state = ClientState(addresses, nick, rooms or ["lobby"])
-    client = ChatClient(state, show=show, on_event=raw if json_out else None)
+    state = ClientState(addresses, nick, rooms or ["lobby"], secret=secret, password=password)
+    client = ChatClient(state, show=show, on_event=raw if json_out else None, tls=tls)
     runner = asyncio.create_task(client.run())
     queue: asyncio.Queue[str | None] = asyncio.Queue()
     threading.Thread(target=_stdin_lines, args=(asyncio.get_running_loop(), queue,
@@ -76,7 +79,8 @@ async def run_script(addresses: list[Address], nick: str, rooms: list[str], *,
 
 
 async def say_once(addresses: list[Address], nick: str, room: str, text: str,
-                   wait: float = 15.0) -> int:
+                   wait: float = 15.0, tls: ssl.SSLContext | None = None,
+                   secret: str | None = None, password: str | None = None) -> int:
     """Say one line; 0 only once the cluster acknowledged it."""
     problems: list[str] = []
 
@@ -84,8 +88,8 @@ async def say_once(addresses: list[Address], nick: str, room: str, text: str,
         if item.kind == "error":
             problems.append(plain(item))
 
-    state = ClientState(addresses, nick, [room])
-    client = ChatClient(state, show=show, max_attempts=2 * len(addresses))
+    state = ClientState(addresses, nick, [room], secret=secret, password=password)
+    client = ChatClient(state, show=show, max_attempts=2 * len(addresses), tls=tls)
     await client.submit(text)
     runner = asyncio.create_task(client.run())
     try:
@@ -116,14 +120,20 @@ async def say_once(addresses: list[Address], nick: str, room: str, text: str,
 
 
 async def query(addresses: list[Address], op: dict[str, Any],
-                wait: float = 5.0) -> dict[str, Any]:
+                wait: float = 5.0, tls: ssl.SSLContext | None = None,
+                secret: str | None = None) -> dict[str, Any]:
     """Ask the first node that answers one question (``who``/``rooms``) without joining."""
     last: Exception | None = None
     for address in addresses:
         try:
             async with asyncio.timeout(wait):
-                reader, writer = await asyncio.open_connection(address.host, address.port)
+                reader, writer = await asyncio.open_connection(
+                    address.host, address.port, ssl=tls,
+                    server_hostname=address.host if tls is not None else None)
                 try:
+                    if secret:  # a token-mode cluster answers nothing before the token
+                        writer.write(json.dumps({"op": "auth", "secret": secret}).encode()
+                                     + b"\n")
                     writer.write(json.dumps({**op, "ref": "q"}).encode() + b"\n")
                     while line := await reader.readline():
                         if line.startswith(b"{"):
@@ -135,6 +145,9 @@ async def query(addresses: list[Address], op: dict[str, Any],
                     raise EOFError("connection closed")
                 finally:
                     writer.close()
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(1.0):
+                            await writer.wait_closed()  # over TLS, after close_notify
         except (OSError, EOFError, TimeoutError, ValueError) as exc:
             last = exc
     raise ClientError("unreachable", f"no node answered ({last})")

@@ -90,13 +90,18 @@ class ClientState:
     """Rooms, last seen ids, pending messages and which address is next."""
 
     def __init__(self, addresses: list[Address], nick: str,
-                 rooms: tuple[str, ...] | list[str] = ("lobby",)) -> None:
+                 rooms: tuple[str, ...] | list[str] = ("lobby",), *,
+                 secret: str | None = None, password: str | None = None) -> None:
         if not addresses:
             raise ValueError("at least one node address is needed")
         self.addresses = list(addresses)
         self.address: Address | None = None
         self._next = 0
         self.nick = nick
+        self.secret = secret
+        """The cluster's access token (``--auth token`` clusters)."""
+        self.password = password
+        """The nickname's account password (``--auth accounts`` clusters)."""
         self.token: str | None = None
         self.node: str | None = None
         self.rooms: list[str] = [r.lstrip("#").lower() for r in rooms] or ["lobby"]
@@ -137,6 +142,10 @@ class ClientState:
         op: Op = {"op": "hello", "nick": self.nick, "rooms": list(self.rooms)}
         if self.token:
             op["token"] = self.token
+        if self.secret:
+            op["secret"] = self.secret
+        if self.password:  # ignored by the node when the resume succeeds
+            op["password"] = self.password
         return op
 
     def disconnected(self) -> None:

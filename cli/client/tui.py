@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ssl
 import sys
 import time
 import unicodedata
@@ -345,7 +346,8 @@ async def _close_prompt(session: PromptSession[str], asker: asyncio.Task[str | N
 
 
 def run_interactive(addresses: Sequence[Address | str], nick: str,
-                    rooms: Sequence[str] = ()) -> int:
+                    rooms: Sequence[str] = (), tls: ssl.SSLContext | None = None,
+                    secret: str | None = None, password: str | None = None) -> int:
     """The interactive client in this terminal until the user quits; the exit status.
 
     ``addresses`` are node addresses (``host:port`` strings or :class:`Address`), tried
@@ -356,9 +358,9 @@ def run_interactive(addresses: Sequence[Address | str], nick: str,
     parsed = [a if isinstance(a, Address) else Address.parse(a) for a in addresses]
 
     async def main() -> None:
-        state = ClientState(parsed, nick, list(rooms))
+        state = ClientState(parsed, nick, list(rooms), secret=secret, password=password)
         screen = Screen(state)
-        client = ChatClient(state, show=screen.show, on_status=screen.status)
+        client = ChatClient(state, show=screen.show, on_status=screen.status, tls=tls)
         await run_tui(client, screen)
 
     try:

@@ -1,0 +1,100 @@
+"""Accounts and operators on a real redis-server with ``hubbub node`` subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from ..helpers import JsonClient, LineClient, text_user
+from .procs import is_event, log_events, redis_server, start_node
+
+pytestmark = [pytest.mark.redis_server, pytest.mark.timeout(60)]
+
+
+async def _account_cli(*args: str, url: str) -> tuple[int, str]:
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli", "account", *args, "--redis-url", url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    out, _ = await child.communicate()
+    return child.returncode or 0, out.decode()
+
+
+async def test_accounts_and_an_operator_account_across_two_real_nodes(tmp_path: Path) -> None:
+    secret = tmp_path / "oper"
+    secret.write_text("oper-secret-file\n")
+    async with redis_server() as (url, _):
+        args = ("--auth", "accounts", "--oper-secret-file", str(secret))
+        a, pa = await start_node(url, "ra", *args)
+        b, pb = await start_node(url, "rb", *args)
+        try:
+            alice = await text_user(pa, "alice")
+            await alice.send("/register alice-password")
+            await alice.expect("* alice is now registered")
+            await alice.send("/quit")
+            await alice.closed()
+            # a registered name is refused without its login on the other node
+            guest = await JsonClient.connect(pb)
+            await guest.op("hello", nick="Alice", ref=1)
+            assert (await guest.event("error", ref=1))["code"] == "login-required"
+            await guest.op("hello", nick="alice", password="alice-password", ref=2)
+            assert (await guest.event("welcome"))["nick"] == "alice"
+            code, out = await _account_cli("oper", "alice", url=url)
+            assert code == 0, out
+            code, out = await _account_cli("list", url=url)
+            assert code == 0 and out.split("\t")[0] == "alice" and "oper" in out
+            await guest.op("quit")
+            await guest.closed()
+            # her next login is an operator's; she kicks bob off the other node
+            op = await LineClient.connect(pa)
+            await op.expect("* GET_NAME")
+            await op.send("/login alice alice-password")
+            await op.expect("* welcome alice")
+            bob = await text_user(pb, "bob")
+            await op.send("/kick bob bye")
+            await op.expect("* kicked bob")
+            assert await bob.expect("!") == "! kicked: you were kicked by alice: bye"
+            await bob.closed()
+            # the operator secret from a file works too
+            carol = await text_user(pb, "carol")
+            await carol.send("/oper oper-secret-file")
+            await carol.expect("* you are now an operator")
+            line = await a.wait_line(is_event("audit"))
+            assert json.loads(line)["action"] == "oper"
+            await b.wait_line(lambda s: is_event("audit")(s) and '"via": "secret"' in s)
+            # deleting the account frees the name for guests again
+            await op.send("/quit")
+            await op.closed()
+            code, out = await _account_cli("delete", "ALICE", url=url)
+            assert code == 0, out
+            code, out = await _account_cli("delete", "alice", url=url)
+            assert code == 1 and "no account named alice" in out
+            await text_user(pb, "alice")
+        finally:
+            assert await a.stop() == 0
+            assert await b.stop() == 0
+        audits = [e for e in log_events(a) if e.get("event") == "audit"]
+        assert {"actor": "alice", "action": "kick", "target": "bob", "reason": "bye"}.items() \
+            <= audits[-1].items()
+
+
+async def test_token_mode_on_a_real_node(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("real-token\n")
+    async with redis_server() as (url, _):
+        n, port = await start_node(url, "rt", "--auth", "token", "--auth-token-file",
+                                   str(token))
+        try:
+            c = await LineClient.connect(port)
+            await c.expect("* GET_NAME")
+            await c.send("/auth real-token")
+            await c.expect("* access token accepted")
+            await c.send("dave")
+            await c.expect("* welcome dave")
+        finally:
+            assert await n.stop() == 0

@@ -1,0 +1,477 @@
+"""Authentication, accounts and operators: nodes on one fakeredis, real TCP clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import fakeredis
+import pytest
+from structlog.testing import capture_logs
+
+from node.errors import AuthBusy, AuthThrottled
+from node.keys import Keys
+from node.security import Hasher, Throttle
+from node.server import ChatNode
+
+from .helpers import (
+    JsonClient,
+    LineClient,
+    json_user,
+    node_config,
+    running_node,
+    text_user,
+    wait_until,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+TOKEN = "s3cret-token-for-tests"
+OPER = "oper-secret-for-tests"
+
+
+@contextlib.asynccontextmanager
+async def two_nodes(server: fakeredis.FakeServer, **overrides: Any
+                    ) -> AsyncIterator[tuple[ChatNode, ChatNode]]:
+    async with running_node(server, "n1", **overrides) as a, \
+            running_node(server, "n2", **overrides) as b:
+        yield a, b
+
+
+def port(node: ChatNode) -> int:
+    assert node.port is not None
+    return node.port
+
+
+async def connect_from(source: str, to_port: int) -> LineClient:
+    """A client whose address is ``source`` (any 127.x.y.z works on Linux loopback)."""
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", to_port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+    return LineClient(reader, writer)
+
+
+async def text_oper(to_port: int, nick: str, source: str = "127.0.0.2") -> LineClient:
+    c = await connect_from(source, to_port)
+    await c.expect("* GET_NAME")
+    await c.send(nick)
+    await c.expect(f"* {nick} joined lobby")
+    await c.send(f"/oper {OPER}")
+    await c.expect("* you are now an operator")
+    return c
+
+
+# --------------------------------------------------------------------------- token mode
+
+
+async def test_token_mode_text_needs_the_token_first(fake_server: fakeredis.FakeServer) -> None:
+    async with running_node(fake_server, auth="token", auth_token=TOKEN) as n:
+        c = await LineClient.connect(port(n))
+        await c.expect("* GET_NAME")
+        await c.send("alice")
+        assert (await c.expect("!")).startswith("! auth-required:")
+        await c.send("/auth wrong-token")
+        assert await c.expect("!") == "! auth-failed: wrong access token"
+        await c.send(f"/auth {TOKEN}")
+        await c.expect("* access token accepted")
+        await c.expect("* GET_NAME")
+        await c.send("alice")
+        await c.expect("* welcome alice")
+
+
+async def test_token_mode_json_hello_secret(fake_server: fakeredis.FakeServer) -> None:
+    async with running_node(fake_server, auth="token", auth_token=TOKEN) as n:
+        c = await JsonClient.connect(port(n))
+        await c.op("who", room="lobby", ref=1)
+        assert (await c.event("error", ref=1))["code"] == "auth-required"
+        await c.op("hello", nick="alice", secret="nope", ref=2)
+        assert (await c.event("error", ref=2))["code"] == "auth-failed"
+        await c.op("hello", nick="alice", ref=3)
+        assert (await c.event("error", ref=3))["code"] == "auth-required"
+        await c.op("hello", nick="alice", secret=TOKEN, ref=4)
+        assert (await c.event("welcome"))["nick"] == "alice"
+        await c.event("ack", ref=4)
+
+
+async def test_wrong_tokens_are_throttled_per_address(fake_server: fakeredis.FakeServer
+                                                      ) -> None:
+    async with running_node(fake_server, auth="token", auth_token=TOKEN,
+                            login_fails_per_ip=2) as n:
+        c = await JsonClient.connect(port(n))
+        for ref in (1, 2):
+            await c.op("auth", secret="bad", ref=ref)
+            assert (await c.event("error", ref=ref))["code"] == "auth-failed"
+        await c.op("auth", secret=TOKEN, ref=3)  # even the right one: refused unchecked
+        error = await c.event("error", ref=3)
+        assert error["code"] == "auth-throttled" and "try again in" in error["text"]
+        other = await connect_from("127.0.0.3", port(n))  # another address is not slowed
+        await other.send(f"/auth {TOKEN}")
+        await other.expect("* access token accepted")
+
+
+# --------------------------------------------------------------------------- accounts
+
+
+async def test_register_then_name_needs_login_on_another_node(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server, auth="accounts") as (a, b):
+        alice = await text_user(port(a), "alice")
+        await alice.send("/register short")
+        assert (await alice.expect("!")).startswith("! bad-args: a password needs at least 8")
+        await alice.send("/register correct horse")
+        await alice.expect("* alice is now registered")
+        await alice.send("/quit")
+        await alice.closed()
+
+        guest = await LineClient.connect(port(b))
+        await guest.expect("* GET_NAME")
+        await guest.send("ALICE")  # the same name, folded
+        assert (await guest.expect("!")).startswith("! login-required: alice is a registered")
+        await guest.expect("* GET_NAME")  # nothing lost: the connection asks again
+        await guest.send("/login alice wrong password")
+        assert await guest.expect("!") == "! auth-failed: wrong password for alice"
+        await guest.send("/login alice correct horse")
+        await guest.expect("* welcome alice")
+
+        j = await JsonClient.connect(port(a))
+        await j.op("hello", nick="alice", password="correct horse", ref=1)
+        assert (await j.event("error", ref=1))["code"] == "nick-taken"  # she is online
+
+
+async def test_json_login_and_guest_names(fake_server: fakeredis.FakeServer) -> None:
+    async with running_node(fake_server, auth="accounts") as n:
+        bob = await json_user(port(n), "bob")  # guests keep unregistered names
+        await bob.op("register", password="pa55word!", ref="r")
+        await bob.event("ack", ref="r")
+        await bob.op("quit")
+        await bob.closed()
+        c = await JsonClient.connect(port(n))
+        await c.op("hello", nick="bob", ref=1)
+        assert (await c.event("error", ref=1))["code"] == "login-required"
+        await c.op("hello", nick="nobody", password="whatever", ref=2)
+        assert (await c.event("error", ref=2))["code"] == "no-such-account"
+        await c.op("hello", nick="bob", password="pa55word!", ref=3)
+        welcome = await c.event("welcome")
+        assert welcome["nick"] == "bob"
+
+
+async def test_nick_to_a_registered_name_needs_its_login(fake_server: fakeredis.FakeServer
+                                                         ) -> None:
+    async with running_node(fake_server, auth="accounts") as n:
+        alice = await text_user(port(n), "alice")
+        await alice.send("/register alice-password")
+        await alice.expect("* alice is now registered")
+        await alice.send("/nick alice2")
+        await alice.expect("* alice is now alice2")
+        mallory = await text_user(port(n), "mallory")
+        await alice.send("/nick alice")  # her own account: no password needed again
+        await alice.expect("* alice2 is now alice")
+        await alice.send("/nick alice3")
+        await alice.expect("* alice is now alice3")
+        await mallory.send("/nick alice")
+        assert (await mallory.expect("!")).startswith("! login-required:")
+        await mallory.send("/login alice alice-password")  # renames to it
+        await mallory.expect("* mallory is now alice")
+        await mallory.expect("* you are logged in as alice")
+
+
+async def test_failed_logins_are_throttled_per_name_cluster_wide(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server, auth="accounts", login_fails_per_name=2,
+                         login_fails_per_ip=100) as (a, b):
+        owner = await json_user(port(a), "carol")
+        await owner.op("register", password="carols-password", ref=1)
+        await owner.event("ack", ref=1)
+        await owner.op("quit")
+        await owner.closed()
+        c1 = await JsonClient.connect(port(a))
+        c2 = await JsonClient.connect(port(b))
+        await c1.op("hello", nick="carol", password="guess-1", ref=1)
+        assert (await c1.event("error", ref=1))["code"] == "auth-failed"
+        await c2.op("hello", nick="carol", password="guess-2", ref=2)
+        assert (await c2.event("error", ref=2))["code"] == "auth-failed"
+        # the cap is cluster-wide: the third try, right or wrong, on either node, waits
+        await c1.op("hello", nick="carol", password="carols-password", ref=3)
+        assert (await c1.event("error", ref=3))["code"] == "auth-throttled"
+        # a brute force on one name slows nobody else
+        dave = await json_user(port(b), "dave")
+        await dave.op("say", text="still here", ref="s")
+        await dave.event("ack", ref="s")
+        metrics = b.http._metrics.render().decode()
+        assert 'hubbub_auth_refusals_total{reason="failed"} 1.0' in metrics
+        assert 'hubbub_auth_refusals_total{reason="throttled"} 0.0' in metrics
+        assert 'hubbub_auth_refusals_total{reason="throttled"} 1.0' in \
+            a.http._metrics.render().decode()
+
+
+async def test_concurrent_guesses_cannot_slip_past_the_cap(fake_server: fakeredis.FakeServer
+                                                           ) -> None:
+    redis = fakeredis.FakeAsyncRedis(server=fake_server)
+    throttle = Throttle(redis, Keys(), node_config("t", login_fails_per_name=3,
+                                                   login_fails_per_ip=0))
+    results = await asyncio.gather(*(throttle.charge("eve", "10.0.0.1") for _ in range(10)),
+                                   return_exceptions=True)
+    assert sum(r is None for r in results) == 3
+    assert all(isinstance(r, AuthThrottled) for r in results if r is not None)
+    await throttle.refund("eve", "10.0.0.1")  # a success gives its attempt back
+    await throttle.charge("eve", "10.0.0.1")
+    await redis.aclose()
+
+
+async def test_hashing_is_bounded_and_refuses_beyond_its_queue() -> None:
+    hasher = Hasher(concurrency=1, queue=1)
+    gate = threading.Event()
+    try:
+        first = asyncio.ensure_future(hasher._run(gate.wait))
+        second = asyncio.ensure_future(hasher._run(gate.wait))
+        await asyncio.sleep(0)
+        with pytest.raises(AuthBusy):
+            await hasher.hash("third")
+        gate.set()
+        await asyncio.gather(first, second)
+        encoded = await hasher.hash("correct")
+        assert encoded.startswith("$argon2id$")
+        assert await hasher.verify(encoded, "correct")
+        assert not await hasher.verify(encoded, "wrong")
+        assert not await hasher.verify("not a hash", "x")
+    finally:
+        gate.set()
+        hasher.close()
+
+
+# --------------------------------------------------------------------------- operators
+
+
+async def test_only_operators_operate(fake_server: fakeredis.FakeServer) -> None:
+    async with running_node(fake_server, oper_secret=OPER) as n:
+        bob = await text_user(port(n), "bob")
+        await bob.send("/kick alice")
+        assert (await bob.expect("!")).startswith("! not-operator:")
+        await bob.send("/oper not-it")
+        assert await bob.expect("!") == "! auth-failed: wrong operator secret"
+        await bob.send("/bans")
+        assert (await bob.expect("!")).startswith("! not-operator:")
+    async with running_node(fake_server, "n9") as n:  # no operator secret configured
+        c = await text_user(port(n), "zed")
+        await c.send(f"/oper {OPER}")
+        assert (await c.expect("!")).startswith("! not-enabled:")
+
+
+async def test_kick_reaches_the_user_on_another_node_and_is_audited(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server, oper_secret=OPER) as (a, b):
+        with capture_logs() as logs:
+            op = await text_oper(port(a), "op")
+            bob = await text_user(port(b), "bob")
+            await op.expect("* bob joined lobby")
+            await op.send("/kick bob spamming the lobby")
+            await op.expect("* kicked bob")
+            assert await bob.expect("!") == "! kicked: you were kicked by op: spamming the lobby"
+            await bob.expect("* bye: kicked by op")
+            await bob.closed()
+            await op.expect("* bob quit (kicked by op: spamming the lobby)")
+            await op.send("/kick bob")
+            assert await op.expect("!") == "! no-such-nick: bob is not online"
+        audits = [e for e in logs if e["event"] == "audit"]
+        assert {"actor": "op", "action": "kick", "target": "bob",
+                "reason": "spamming the lobby", "duration": None}.items() <= audits[-1].items()
+        assert any(e["action"] == "oper" and e["actor"] == "op" for e in audits)
+
+
+async def test_nick_ban_across_nodes_and_expiry(fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server, oper_secret=OPER) as (a, b):
+        op = await text_oper(port(a), "op")
+        bob = await text_user(port(b), "bob")
+        await op.send("/ban bob 1s flooding")
+        await op.expect("* banned bob for 1s")
+        assert (await bob.expect("!")).startswith("! kicked: you were banned by op: flooding")
+        await bob.closed()
+        again = await LineClient.connect(port(a))
+        await again.expect("* GET_NAME")
+        await again.send("Bob")
+        assert (await again.expect("!")).startswith("! banned: that nickname is banned")
+        # expiry is the passing of time (a Redis TTL): wait until the name is free again
+        async def registers() -> bool:
+            await again.send("bob")
+            line = await again.expect(lambda s: s.startswith(("!", "* welcome")))
+            return line.startswith("* welcome bob")
+        assert await wait_until(registers, timeout=5, step=0.2)
+
+
+async def test_address_ban_disconnects_and_refuses_everywhere(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server, oper_secret=OPER) as (a, b):
+        op = await text_oper(port(a), "op", source="127.0.0.2")
+        bob = await text_user(port(b), "bob")  # from 127.0.0.1
+        pending = await LineClient.connect(port(a))  # not even registered yet
+        await pending.expect("* GET_NAME")
+        await op.send("/ban 127.0.0.1 10m")
+        await op.expect("* banned 127.0.0.1 for 10m")
+        assert (await bob.expect("!")).startswith("! kicked: you were banned by op")
+        await bob.closed()
+        await pending.expect("! kicked:")
+        await pending.closed()
+        refused = await LineClient.connect(port(b))
+        assert (await refused.expect("!")).startswith(
+            "! banned: your address is banned for another ")
+        await refused.closed()
+        await op.send("/bans")
+        await op.expect("* 1 ban or mute in force")
+        entry = await op.line()
+        assert entry.startswith("* ip-ban 127.0.0.1 — ") and entry.endswith(" left, by op")
+        await op.expect("* end of bans")
+        await op.send("/unban 127.0.0.1")
+        await op.expect("* unbanned 127.0.0.1")
+        back = await text_user(port(b), "bob")
+        await back.send("/quit")
+
+
+async def test_mute_across_nodes_until_it_expires(fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server, oper_secret=OPER) as (a, b):
+        op = await text_oper(port(a), "op")
+        bob = await text_user(port(b), "bob")
+        await op.send("/mute bob 1s calm down")
+        await op.expect("* muted bob for 1s")
+        await bob.expect("* you are muted for 1s by op: calm down")
+        await bob.send("can I talk?")
+        assert (await bob.expect("!")).startswith("! muted: you are muted for another")
+        await bob.send("/msg op psst")
+        assert (await bob.expect("!")).startswith("! muted:")
+
+        async def unmuted() -> bool:
+            # the mute ends with the passing of time: try a line, then a /ping round trip
+            # (every earlier line was handled once its pong is back)
+            await bob.send("free again")
+            await bob.send("/ping")
+            line = await bob.expect(lambda s: s.startswith(("! muted", "* pong")))
+            if line.startswith("! muted"):
+                await bob.expect("* pong")
+                return False
+            return True
+
+        assert await wait_until(unmuted, timeout=5, step=0.2)
+        assert await op.expect("[lobby] bob:") == "[lobby] bob: free again"
+
+
+async def test_a_mute_follows_the_name_to_a_new_connection_and_unmute(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server, oper_secret=OPER) as (a, b):
+        op = await text_oper(port(a), "op")
+        bob = await text_user(port(b), "bob")
+        await op.send("/mute bob 10m")
+        await bob.expect("* you are muted for 10m by op")
+        await bob.send("/quit")
+        await bob.closed()
+        bob = await text_user(port(a), "bob")  # right after its welcome:
+        assert any(line.startswith("* you are muted for ") for line in bob.seen)
+        await bob.send("hi")
+        assert (await bob.expect("!")).startswith("! muted:")
+        await op.send("/unmute bob")
+        await op.expect("* unmuted bob")
+        await bob.expect("* you may speak again (unmuted by op)")
+        await bob.send("hi")
+        assert await op.expect("[lobby] bob:") == "[lobby] bob: hi"
+
+
+async def test_json_operator_ops(fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server, oper_secret=OPER) as (a, b):
+        op = await json_user(port(a), "op")
+        await op.op("oper", secret=OPER, ref=1)
+        await op.event("ack", ref=1)
+        bob = await json_user(port(b), "bob")
+        carol = await json_user(port(b), "carol")
+        await op.op("mute", nick="bob", duration="2h", reason="noise", ref=2)
+        await op.event("ack", ref=2)
+        await bob.event("notice", text="you are muted for 2h by op: noise")
+        await op.op("ban", target="carol", duration=90, ref=3)
+        await op.event("ack", ref=3)
+        assert (await carol.event("error"))["code"] == "kicked"
+        await carol.event("bye")
+        await op.op("bans", ref=4)
+        listing = (await op.event("bans", ref=4))["bans"]
+        assert [(e["kind"], e["target"], e["by"]) for e in listing] == [
+            ("mute", "bob", "op"), ("nick-ban", "carol", "op")]
+        assert listing[0]["reason"] == "noise" and 7190 < listing[0]["expires_in"] <= 7200
+        await op.op("ban", target="carol", duration="forever", ref=5)
+        assert (await op.event("error", ref=5))["code"] == "bad-args"
+        await op.op("unban", target="carol", ref=6)
+        await op.event("ack", ref=6)
+        await op.op("unmute", nick="bob", ref=7)
+        await op.event("ack", ref=7)
+        await op.op("kick", nick="bob", ref=8)
+        await op.event("ack", ref=8)
+        assert (await bob.event("error"))["code"] == "kicked"
+
+
+async def test_operator_accounts(fake_server: fakeredis.FakeServer) -> None:
+    async with running_node(fake_server, auth="accounts", oper_accounts=("Root",)) as n:
+        root = await text_user(port(n), "root")
+        await root.send("/register root-password")
+        await root.expect("* root is now registered")
+        await root.send("/bans")
+        await root.expect("* 0 bans or mutes in force")
+        other = await text_user(port(n), "other")
+        await other.send("/register other-password")
+        await other.expect("* other is now registered")
+        await other.send("/bans")
+        assert (await other.expect("!")).startswith("! not-operator:")
+        await n.security.accounts.set_oper("other", True)  # `hubbub account oper other`
+        await other.send("/quit")
+        await other.closed()
+        other = await LineClient.connect(port(n))
+        await other.expect("* GET_NAME")
+        await other.send("/login other other-password")
+        await other.expect("* welcome other")
+        await other.send("/bans")
+        await other.expect("* 0 bans or mutes in force")
+
+
+# --------------------------------------------------------------------------- the client
+
+
+async def test_the_client_sends_secret_and_password(fake_server: fakeredis.FakeServer
+                                                    ) -> None:
+    from cli.client.script import query, say_once
+    from cli.client.state import Address, ClientState
+
+    hello = ClientState([Address("h", 1)], "a", secret="t", password="p").hello()
+    assert hello["secret"] == "t" and hello["password"] == "p"
+    async with running_node(fake_server, auth="token", auth_token=TOKEN) as n:
+        here = [Address("127.0.0.1", port(n))]
+        assert await say_once(here, "cli", "lobby", "hi", secret=TOKEN) == 0
+        assert await say_once(here, "cli", "lobby", "hi", secret="wrong", wait=5) == 1
+        rooms = await query(here, {"op": "rooms"}, secret=TOKEN)
+        assert rooms["ev"] == "rooms"
+    async with running_node(fake_server, "n2", auth="accounts") as n:
+        owner = await text_user(port(n), "owner")
+        await owner.send("/register owner-password")
+        await owner.expect("* owner is now registered")
+        await owner.send("/quit")
+        await owner.closed()
+        here = [Address("127.0.0.1", port(n))]
+        assert await say_once(here, "owner", "lobby", "hi", password="owner-password") == 0
+        assert await say_once(here, "owner", "lobby", "hi", wait=5) == 1  # login-required
+
+
+async def test_a_kicked_client_does_not_come_back(fake_server: fakeredis.FakeServer) -> None:
+    from cli.client.connection import ChatClient, ClientError
+    from cli.client.state import Address, ClientState
+
+    async with running_node(fake_server, oper_secret=OPER) as n:
+        op = await text_oper(port(n), "op")
+        state = ClientState([Address("127.0.0.1", port(n))], "victim")
+        client = ChatClient(state, show=lambda _: None)
+        runner = asyncio.create_task(client.run())
+        await op.expect("* victim joined lobby")
+        await op.send("/kick victim")
+        with pytest.raises(ClientError) as info:
+            async with asyncio.timeout(5):
+                await runner
+        assert info.value.code == "kicked"
+        await op.expect("* victim quit (kicked by op)")
