@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable
+from typing import cast
 
 __all__ = ["CeilingServer", "serve"]
 
@@ -47,9 +48,8 @@ class _Conn(asyncio.Protocol):
         self.out: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(b"* ceiling server\n* GET_NAME: choose a nickname\n")
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.write(b"* ceiling server\n* GET_NAME: choose a nickname\n")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

@@ -29,7 +29,7 @@ import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from . import stamp as st
 from .histogram import Histogram
@@ -148,9 +148,8 @@ class _Client(asyncio.Protocol):
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.script)
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.write(self.script)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -269,9 +268,8 @@ class _Idle(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.script)
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.write(self.script)
 
     def data_received(self, data: bytes) -> None:
         if self.ready.done():
@@ -338,7 +336,7 @@ class LoadGen:
 
     # ---------------------------------------------------------------- set-up
     async def setup(self) -> dict[str, Any]:
-        """Connect and register every client, then the hog, then the idle connections."""
+        """Connect and register every client, then the hog."""
         spec = self.spec
         layout = spec.layout
         for i in range(spec.first, spec.stop):
@@ -354,21 +352,23 @@ class LoadGen:
         if spec.hog and spec.clients:
             self.hog = _Client(self, -1, 0, 0, 1, f"{spec.tag}hog", reads=False)
             failures += await self._connect_all([(self.hog, spec.targets[0])])
-        idle_seconds = 0.0
-        if spec.idle:
-            t1 = time.perf_counter()
-            self.idle = [_Idle(self.loop, spec, f"{spec.tag}i{spec.idle_first + j}")
-                         for j in range(spec.idle)]
-            failures += await self._connect_all(
-                [(p, spec.targets[(spec.idle_first + j) % len(spec.targets)])
-                 for j, p in enumerate(self.idle)])
-            idle_seconds = time.perf_counter() - t1
         self._live = list(self.clients)
-        return {"clients": wanted, "ready": len(self.clients),
-                "setup_seconds": seconds, "idle": len(self.idle),
-                "idle_ready": sum(1 for p in self.idle if _ok(p.ready)),
-                "idle_seconds": idle_seconds, "hog": self.hog is not None and _ok(self.hog.ready),
+        return {"clients": wanted, "ready": len(self.clients), "setup_seconds": seconds,
+                "hog": self.hog is not None and _ok(self.hog.ready),
                 "failures": dict(failures), "errors": dict(self.setup_errors)}
+
+    async def open_idle(self) -> dict[str, Any]:
+        """Open ``spec.idle`` connections that register, leave every room and stay."""
+        spec = self.spec
+        t0 = time.perf_counter()
+        idle = [_Idle(self.loop, spec, f"{spec.tag}i{spec.idle_first + j}")
+                for j in range(spec.idle)]
+        self.idle += idle
+        failures = await self._connect_all(
+            [(p, spec.targets[(spec.idle_first + j) % len(spec.targets)])
+             for j, p in enumerate(idle)])
+        return {"idle": len(idle), "ready": sum(1 for p in idle if _ok(p.ready)),
+                "seconds": time.perf_counter() - t0, "failures": dict(failures)}
 
     async def _connect_all(self, todo: list[tuple[_Client, tuple[str, int]]]
                            | list[tuple[_Idle, tuple[str, int]]]) -> Counter[str]:
@@ -499,6 +499,7 @@ class LoadGen:
             "last_delivery": c.last_delivery - self._t0 if c.last_delivery else 0.0,
             "max_lag": c.max_lag, "cpu": self_cpu_seconds() - self._cpu0, "wall": wall,
             "live": sum(1 for cl in self.clients if not cl.closed),
+            "hog_open": None if self.hog is None else not self.hog.closed,
         }
 
     def progress(self) -> dict[str, Any]:
