@@ -93,8 +93,8 @@ class ChatNode:
         relay_task = asyncio.create_task(self.relay.run(), name="relay")
         relay_task.add_done_callback(lambda _: self._stopping.set())  # it only ends on error
         try:
-            self._server = await asyncio.start_server(
-                self._on_connect, self.config.host, self.config.port,
+            self._server = await asyncio.get_running_loop().create_server(
+                lambda: Session(self), self.config.host, self.config.port,
                 backlog=self.config.backlog, reuse_address=True)
             self.port = self._server.sockets[0].getsockname()[1]
             self.gate.start(self._server)
@@ -146,17 +146,21 @@ class ChatNode:
             if fatal is not None:
                 raise fatal.exceptions[0]
 
-    async def _on_connect(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
+    def on_connection(self, session: Session) -> None:
+        """A client connected (called by its protocol): admit it and start its task."""
+        transport = session.transport
+        assert transport is not None
+        if self._stopping.is_set():
+            transport.close()
+            return
+        if not self.gate.admit(transport):
+            return
+        session.task = asyncio.create_task(self._serve(session, transport))
+
+    async def _serve(self, session: Session, transport: asyncio.Transport) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if self._stopping.is_set():
-            writer.close()
-            return
-        if not self.gate.admit(writer):
-            return
         self._conn_tasks.add(task)
-        session = Session(self, reader, writer)
         self.sessions.add(session)
         self.by_sid[session.sid] = session
         self.stats.connections += 1
@@ -164,14 +168,13 @@ class ChatNode:
             await session.run()
         except asyncio.CancelledError:
             # Shutdown cancelled this connection after its grace period; the session has
-            # cleaned up.  Ending normally keeps asyncio's stream callback (3.11) from
-            # logging the cancelled task as an error.
+            # cleaned up, and this task ends normally.
             pass
         finally:
             self.sessions.discard(session)
             self.by_sid.pop(session.sid, None)
             self._conn_tasks.discard(task)
-            self.gate.release(writer)
+            self.gate.release(transport)
 
     # ------------------------------------------------------------------ names
 
