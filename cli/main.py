@@ -108,6 +108,9 @@ def node(
         "published (0: fail at once).")] = _DEFAULTS.outbox_seconds,
     outbox_max: Annotated[int, _opt(
         "OUTBOX_MAX", "How many such messages the node holds at most.")] = _DEFAULTS.outbox_max,
+    publish_batch: Annotated[int, _opt(
+        "PUBLISH_BATCH", "Most room messages sent to Redis in one round trip (messages said "
+        "meanwhile share it).")] = _DEFAULTS.publish_batch,
     allow_eviction: Annotated[bool, _opt(
         "ALLOW_EVICTION", "Run even if Redis may evict keys (a lost lease can grant a name "
         "twice).", "--allow-eviction")] = _DEFAULTS.allow_eviction,
@@ -132,7 +135,7 @@ def node(
             keepalive_count=keepalive_count,
             redis_timeout=redis_timeout, shutdown_grace=shutdown_grace, http_host=http_host,
             http_port=http_port, ready_window=ready_window, allow_eviction=allow_eviction,
-            outbox_seconds=outbox_seconds, outbox_max=outbox_max)
+            outbox_seconds=outbox_seconds, outbox_max=outbox_max, publish_batch=publish_batch)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -57,8 +57,6 @@ __all__ = ["BusSink", "ClaimResult", "NameInfo", "Published", "Relay", "RelaySta
 log = structlog.get_logger("hubbub.relay")
 
 _RENEW_CHUNK = 500
-_BATCH = 256
-"""Most room messages sent to Redis in one pipeline (one round trip)."""
 _REAP_CHUNK = 200
 
 
@@ -478,7 +476,7 @@ class Relay:
     async def _pump(self) -> None:
         """The one task that publishes room messages, oldest first, until none are left.
 
-        Each round sends every queued message (up to ``_BATCH``) as one pipeline of
+        Each round sends every queued message (up to ``publish_batch``) as one pipeline of
         EVALSHAs, so under load many messages share one round trip; while a round is in
         flight the next one fills up.  Redis runs a pipeline's commands in order, so the
         order of submission is the order of publication.  A round that fails because
@@ -499,7 +497,7 @@ class Relay:
                                                 "message was not sent", cause)
                 if not self._outbox:
                     continue
-                held = list(itertools.islice(self._outbox, _BATCH))
+                held = list(itertools.islice(self._outbox, self._cfg.publish_batch))
                 try:
                     results = await self._publish_many([(e.msg, e.once) for e in held])
                 except RelayUnavailable as exc:
@@ -513,7 +511,8 @@ class Relay:
                     self._outbox.popleft()
                     entry.resolve(result)
                 continue
-            batch = [self._batch.popleft() for _ in range(min(_BATCH, len(self._batch)))]
+            size = min(self._cfg.publish_batch, len(self._batch))
+            batch = [self._batch.popleft() for _ in range(size)]
             try:
                 results = await self._publish_many([(e.msg, e.once) for e in batch])
             except RelayUnavailable as exc:

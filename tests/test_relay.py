@@ -878,3 +878,15 @@ async def test_a_redis_that_forgot_the_script_is_sent_it_again(
     results = await submit_all(relay, says("bob", 3))
     assert all(isinstance(r, str) and r > first for r in results)
     assert await stream_texts(raw, relay) == ["ann 0", "bob 0", "bob 1", "bob 2"]
+
+
+async def test_a_round_carries_at_most_publish_batch_messages(
+        make_relay: Any, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    relay, _ = make_relay("n1", publish_batch=4)
+    await relay._load_scripts()
+    rounds = Rounds(relay, monkeypatch)
+    msgs = says("ann", 10)
+    results = await submit_all(relay, msgs)
+    assert all(isinstance(r, str) for r in results)
+    assert rounds.sizes == [4, 4, 2]
+    assert await stream_texts(raw, relay) == [m.text for m in msgs]
