@@ -11,7 +11,8 @@ chat server must do, done the cheap way —
   ``q``, ``exit``, ``close``, ``disconnect`` or ``/quit`` leaves;
 * output is coalesced: lines owed to a recipient go into its buffer, and every buffer is
   flushed with one ``write()`` once per loop iteration (``loop.call_soon``);
-* a recipient with more than 8 MiB unsent (it does not read) is disconnected.
+* a recipient with more than 1 MiB unsent (it does not read) is disconnected, as
+  hubbub does by default.
 
     python benchmarks/ceiling_server.py --port 5060
 
@@ -31,7 +32,7 @@ __all__ = ["CeilingServer", "serve"]
 
 MAX_LINE = 4096
 MAX_PENDING = 64 * 1024
-MAX_UNSENT = 8 * 1024 * 1024
+MAX_UNSENT = 1024 * 1024  # as hubbub's default send queue
 QUIT = {b"q", b"exit", b"close", b"disconnect", b"/quit"}
 
 

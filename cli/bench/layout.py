@@ -1,9 +1,10 @@
 """Who talks to which node and sits in which room: a pure function of the run's shape.
 
-Client ``i`` of ``C`` uses node ``i % N`` and room ``(i // N) % R``, so every room has
-members on every node (a message crosses nodes) and the members of a room are spread
-evenly.  Workers and the driver compute the same layout independently; nothing about it
-travels between processes but the shape.
+Client ``i`` of ``C`` sits in room ``i % R`` and uses node ``(i // R) % N``: rooms get
+``C / R`` members each (give or take one), and consecutive members of a room are on
+consecutive nodes, so a room of two or more spans nodes and a message crosses them.
+Workers and the driver compute the same layout independently; nothing about it travels
+between processes but the shape.
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ class Layout:
             raise ValueError("clients >= 0, nodes >= 1 and rooms >= 1")
 
     def node_of(self, i: int) -> int:
-        return i % self.nodes
+        return (i // self.rooms) % self.nodes
 
     def room_of(self, i: int) -> int:
-        return (i // self.nodes) % self.rooms
+        return i % self.rooms
 
     def member_index(self, i: int) -> int:
         """``i``'s position among its room's members (0 … room size - 1)."""
-        return (i // (self.nodes * self.rooms)) * self.nodes + i % self.nodes
+        return i // self.rooms
 
     def room_sizes(self) -> list[int]:
         sizes = [0] * self.rooms

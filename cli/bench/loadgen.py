@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -374,12 +375,28 @@ class LoadGen:
                            | list[tuple[_Idle, tuple[str, int]]]) -> Counter[str]:
         failures: Counter[str] = Counter()
         gate = asyncio.Semaphore(self.spec.connect_concurrency)
+        resolved: dict[tuple[str, int], tuple[socket.AddressFamily, Any]] = {}
+        for addr in {a for _, a in todo}:
+            info = await self.loop.getaddrinfo(addr[0], addr[1], type=socket.SOCK_STREAM)
+            resolved[addr] = (info[0][0], info[0][4])
 
         async def one(proto: _Client | _Idle, addr: tuple[str, int]) -> None:
             async with gate:
                 try:
                     async with asyncio.timeout(self.spec.setup_timeout):
-                        await self.loop.create_connection(lambda: proto, addr[0], addr[1])
+                        family, sockaddr = resolved[addr]
+                        sock = socket.socket(family, socket.SOCK_STREAM)
+                        if isinstance(proto, _Client) and not proto.reads:
+                            # the hog: a small window, so the server's buffers fill sooner
+                            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                        sock.setblocking(False)
+                        try:
+                            await self.loop.sock_connect(sock, sockaddr)
+                        except BaseException:
+                            sock.close()
+                            raise
+                        await self.loop.create_connection(lambda: proto, sock=sock)
                         await proto.ready
                 except (OSError, TimeoutError) as exc:
                     failures[type(exc).__name__ if not str(exc) else str(exc)[:60]] += 1
