@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -140,12 +141,20 @@ def machine() -> dict[str, Any]:
         redis = subprocess.run([binary, "--version"], capture_output=True, text=True,
                                check=False).stdout.split(" v=")[-1].split(" ")[0]
     try:
-        import uvloop
-        loop = f"uvloop {uvloop.__version__}"
-    except ImportError:
+        loop = f"uvloop {importlib.metadata.version('uvloop')}"
+    except importlib.metadata.PackageNotFoundError:
         loop = "asyncio (no uvloop)"
     return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
-            "redis": redis, "loop": loop, "load_at_start": os.getloadavg()}
+            "redis": redis, "loop": loop, "load_at_start": os.getloadavg(), **_code()}
+
+
+def _code() -> dict[str, Any]:
+    """The commit measured, and whether node/ or cli/ differed from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT,
+                              check=False).stdout.strip()
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--", "node", "cli"))}
 
 
 # ----------------------------------------------------------------------------- tables
@@ -165,7 +174,7 @@ def _fail(result: dict[str, Any]) -> str:
     failed = [s for s in steps if not s["passed"]]
     if not failed:
         return "did not fail (max steps)" if steps else result.get("aborted", "no steps")
-    f = failed[0]
+    f = failed[-1]
     return f"at {_n(f['rate'])} msg/s: " + "; ".join(f["failed_because"])
 
 
@@ -175,8 +184,9 @@ def tables(out: dict[str, Any]) -> str:
         f"Measured {out['started']} to {out['finished']} with `python benchmarks/compare.py`"
         f" on {m['cores']} cores ({m['cpu'] or 'unknown CPU'}), Python {m['python']}, "
         f"Redis {m['redis'] or '?'}, {m['loop']}; load average at start "
-        f"{', '.join(f'{x:.2f}' for x in m['load_at_start'])}. The servers, Redis and the "
-        "load generator all share these cores.", ""]
+        f"{', '.join(f'{x:.2f}' for x in m['load_at_start'])}; commit "
+        f"{m.get('commit') or '?'}{' with uncommitted changes' if m.get('dirty') else ''}. "
+        "The servers, Redis and the load generator all share these cores.", ""]
     if "throughput" in out:
         lines += ["### Highest sustained rate, one room", "",
                   "| server | clients | msg/s | deliveries/s | p50 ms | p99 ms | gen CPU % "
@@ -196,13 +206,12 @@ def tables(out: dict[str, Any]) -> str:
                   "20 clients, 1000-byte messages, 1000 msg/s in total; the never-reading "
                   "client is a 21st member of the room (receive buffer 4 KiB).", "",
                   "| server | never-reading client | deliveries/s | p50 ms | p99 ms | max ms "
-                  "| lost | corrupted | it was disconnected |",
+                  "| lost | corrupted | never-reading client at the end |",
                   "|---|---|--:|--:|--:|--:|--:|--:|---|"]
         for key, r in out["isolation"].items():
             kind, hog = key.split("/")
             s = r["steps"][0] if r.get("steps") else None
-            gone = "—" if not s or s.get("hog_open") is None else (
-                "no" if s["hog_open"] else "yes")
+            gone = "—" if not s or s.get("hog_state") is None else s["hog_state"]
             lines.append(
                 f"| {kind} | {'yes' if hog == 'hog' else 'no'} "
                 f"| {_n(s and s['deliveries_per_s'])} | {_ms(s and s['p50_ms'])} "
@@ -271,9 +280,14 @@ def main(argv: list[str] | None = None,
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "PERFORMANCE.md")
     ap.add_argument("--no-write", action="store_true", help="print, do not edit the doc")
     ap.add_argument("--json", type=Path, help="also save the raw results here")
+    ap.add_argument("--from-json", type=Path,
+                    help="do not measure: render results saved earlier with --json")
     args = ap.parse_args(argv)
     only = {p.strip() for p in args.only.split(",") if p.strip()}
-    out = asyncio.run(run(args.quick, only))
+    if args.from_json:
+        out = json.loads(args.from_json.read_text())
+    else:
+        out = asyncio.run(run(args.quick, only))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str))
     text = tables(out)

@@ -193,15 +193,18 @@ def bench(
     duration: Annotated[float, typer.Option(min=0.1, help="Seconds of load (fixed rate).")
                         ] = 10.0,
     ramp: Annotated[bool, typer.Option(
-        "--ramp", help="Raise the rate step by step until a step fails (p99 over the bound, "
-        "anything lost, duplicated, out of order, corrupted or disconnected); reports the "
-        "highest rate that passed.")] = False,
+        "--ramp", help="Raise the rate step by step until a step fails twice (p99 over the "
+        "bound, anything lost, duplicated, out of order, corrupted or disconnected), then "
+        "bisect; reports the highest rate that passed.")] = False,
     p99_bound_ms: Annotated[float, typer.Option(help="--ramp: the p99 latency bound.")
                             ] = 50.0,
     step_seconds: Annotated[float, typer.Option(min=0.1, help="--ramp: seconds per step.")
                             ] = 3.0,
     ramp_factor: Annotated[float, typer.Option(min=1.01, help="--ramp: rate multiplier "
                                                "between steps.")] = 1.5,
+    ramp_refine: Annotated[int, typer.Option(
+        min=0, help="--ramp: after the first failing step, bisect between it and the last "
+        "passing rate this many times.")] = 2,
     warmup: Annotated[float, typer.Option(min=0, help="Seconds at the first rate before "
                                           "measuring (not reported).")] = 1.0,
     size: Annotated[int, typer.Option(help="Bytes of text per message (48, or 50 and up).")
@@ -240,7 +243,8 @@ def bench(
             targets=tuple(targets), clients=clients, rooms=rooms,
             rate=per_client_rate * clients if per_client_rate is not None else rate,
             duration=duration, ramp=ramp, p99_bound_ms=p99_bound_ms,
-            step_seconds=step_seconds, ramp_factor=ramp_factor, warmup=warmup, size=size,
+            step_seconds=step_seconds, ramp_factor=ramp_factor, ramp_refine=ramp_refine,
+            warmup=warmup, size=size,
             idle=idle, hog=hog, workers=workers,
             profile="plain" if plain or baseline else "hubbub", drain_within=drain_within)
     except ValueError as exc:

@@ -239,6 +239,18 @@ class _Client(asyncio.Protocol):
             if gen.drain_target is not None and c.deliveries >= gen.drain_target:
                 gen.drained()
 
+    def tcp_state(self) -> str:
+        """The socket's TCP state (Linux ``TCP_INFO``): how a client that does not read
+        learns that the server closed it — it would never read the end of the stream."""
+        if self.closed or self.transport is None:
+            return "closed"
+        sock = self.transport.get_extra_info("socket")
+        try:
+            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+        except (OSError, AttributeError, IndexError):
+            return "unknown"
+        return _TCP_STATES.get(state, f"state {state}")
+
     # -- sending (called by the ticker)
     def send(self, count: int, sent_us: int) -> None:
         transport = self.transport
@@ -255,6 +267,10 @@ class _Client(asyncio.Protocol):
                                      for j in range(count)))
         self.seq = seq + count
         self.sent += count
+
+
+_TCP_STATES = {1: "open", 7: "closed by server (reset)", 8: "closed by server",
+               4: "closing", 5: "closing", 6: "closing", 9: "closing", 11: "closing"}
 
 
 class _Idle(asyncio.Protocol):
@@ -516,7 +532,7 @@ class LoadGen:
             "last_delivery": c.last_delivery - self._t0 if c.last_delivery else 0.0,
             "max_lag": c.max_lag, "cpu": self_cpu_seconds() - self._cpu0, "wall": wall,
             "live": sum(1 for cl in self.clients if not cl.closed),
-            "hog_open": None if self.hog is None else not self.hog.closed,
+            "hog_state": None if self.hog is None else self.hog.tcp_state(),
         }
 
     def progress(self) -> dict[str, Any]:

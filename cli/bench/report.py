@@ -93,8 +93,8 @@ def print_report(result: dict[str, Any], console: Console | None = None) -> None
         console.print(steps_table(result))
         for s in result["steps"]:
             extra = {k: s[k] for k in ("errors", "byes") if s[k]}
-            if s.get("hog_open") is not None:
-                extra["never-reading client still connected"] = s["hog_open"]
+            if s.get("hog_state") is not None:
+                extra["never-reading client"] = s["hog_state"]
             if not s["complete"]:
                 extra["drain"] = "timed out"
             if extra:
