@@ -24,11 +24,14 @@ class SendQueue:
         self._chunks: list[bytes] = []
         self._closed = False
 
-    def put(self, data: bytes) -> bool:
-        """Queue ``data``; False (and nothing queued) if that would pass a bound."""
+    def put(self, data: bytes, lines: int | None = None) -> bool:
+        """Queue ``data`` (``lines``: its newlines, if the caller counted them already, as
+        fan-out does once for all recipients); False (and nothing queued) if that would
+        pass a bound."""
         if self._closed or not data:
             return not self._closed
-        lines = data.count(b"\n")
+        if lines is None:
+            lines = data.count(b"\n")
         if self.size + len(data) > self.max_bytes or self.lines + lines > self.max_lines:
             return False
         self._chunks.append(data)

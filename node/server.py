@@ -485,14 +485,17 @@ class ChatNode:
 
     def _fan_out(self, event: Event, targets: Iterable[Session], skip_sid: str = "") -> None:
         """Render once per wire mode; queue the same bytes to every recipient."""
-        rendered: dict[str, bytes] = {}
+        rendered: dict[str, tuple[bytes, int]] = {}
+        delivered = 0
         for s in list(targets):
             codec = s.conn.codec
             if s.sid == skip_sid and not codec.echo_own:
                 continue
-            data = rendered.get(codec.name)
-            if data is None:
-                data = rendered[codec.name] = codec.render(event)
-            s.send_bytes(data)
-            self.stats.delivered += 1
+            out = rendered.get(codec.name)
+            if out is None:
+                data = codec.render(event)
+                out = rendered[codec.name] = (data, data.count(b"\n"))
+            s.send_bytes(*out)
+            delivered += 1
+        self.stats.delivered += delivered
 

@@ -248,7 +248,7 @@ class Session(asyncio.Protocol):
     def send(self, event: Event) -> None:
         self.send_bytes(self.conn.render(event))
 
-    def send_bytes(self, data: bytes) -> None:
+    def send_bytes(self, data: bytes, lines: int | None = None) -> None:
         """Queue bytes without waiting; a reader too slow to keep up is disconnected.
 
         Everything queued in one loop iteration goes out in one transport write at its
@@ -256,7 +256,7 @@ class Session(asyncio.Protocol):
         queued; while the transport is above its high-water mark (the client does not
         read) bytes stay queued, up to the queue's bounds."""
         queue = self.queue
-        if not queue.put(data):
+        if not queue.put(data, lines):
             if not queue.closed:
                 self.node.stats.slow_consumers += 1
                 log.warning("slow consumer disconnected", queued=queue.size,

@@ -83,3 +83,10 @@ def test_put_after_close_is_refused(data: bytes) -> None:
     assert not q.put(data)
     assert (q.size, q.lines) == (0, 0)
     assert q.take() == b""
+
+
+def test_a_line_count_given_by_the_caller_is_used() -> None:
+    q = SendQueue(max_bytes=1000, max_lines=3)
+    assert q.put(b"a\nb\n", lines=2)
+    assert (q.size, q.lines) == (4, 2)
+    assert not q.put(b"c\nd\n", lines=2)
