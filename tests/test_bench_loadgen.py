@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -114,3 +115,15 @@ async def test_lines_are_classified() -> None:
     assert (c.deliveries, c.duplicates, c.corrupted, c.echoes, c.late) == (3, 1, 2, 1, 1)
     assert dict(c.errors) == {"nick-taken": 1}
     assert client.tracker.missing() == 1  # tc2's number 0 never came
+
+
+def test_server_side_state_of_a_local_connection() -> None:
+    from cli.bench.loadgen import _server_side_state
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        with client, server:
+            assert _server_side_state(client.getsockname(), client.getpeername()) == 1
+            server.close()  # the server's end goes to FIN_WAIT; ours reads as CLOSE_WAIT
+            assert _server_side_state(client.getsockname(), client.getpeername()) != 1

@@ -113,6 +113,9 @@ def bench(config: BenchConfig, *, spawn: int, baseline: str | None, metrics: lis
     except KeyboardInterrupt:
         err.print("interrupted; everything started was stopped")
         return 130
+    except asyncio.CancelledError:  # SIGTERM
+        err.print("terminated; everything started was stopped")
+        return 143
     except (RuntimeError, OSError, ValueError) as exc:
         err.print(f"[red]bench failed:[/] {exc}")
         return 1

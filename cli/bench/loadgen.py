@@ -249,7 +249,14 @@ class _Client(asyncio.Protocol):
             state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
         except (OSError, AttributeError, IndexError):
             return "unknown"
-        return _TCP_STATES.get(state, f"state {state}")
+        if state != 1:
+            return _TCP_STATES.get(state, f"state {state}")
+        # Open on our side.  A server that gave up on it closes its end, but the FIN waits
+        # behind the data we never read: look at the server's end when it is on this host.
+        peer = _server_side_state(sock.getsockname(), sock.getpeername())
+        if peer is None or peer == 1:
+            return "open"
+        return "closed by server (its close waits behind the unread data)"
 
     # -- sending (called by the ticker)
     def send(self, count: int, sent_us: int) -> None:
@@ -271,6 +278,25 @@ class _Client(asyncio.Protocol):
 
 _TCP_STATES = {1: "open", 7: "closed by server (reset)", 8: "closed by server",
                4: "closing", 5: "closing", 6: "closing", 9: "closing", 11: "closing"}
+
+
+def _server_side_state(ours: tuple[Any, ...], theirs: tuple[Any, ...]) -> int | None:
+    """The TCP state of the other end of our IPv4 connection ``ours`` → ``theirs`` from
+    /proc/net/tcp, when that end is on this host (else None)."""
+    def enc(addr: tuple[Any, ...]) -> str:
+        ip = socket.inet_aton(addr[0])[::-1].hex().upper()
+        return f"{ip}:{addr[1]:04X}"
+
+    try:
+        local, remote = enc(theirs), enc(ours)
+        with open("/proc/net/tcp", encoding="ascii") as f:
+            for line in f:
+                cols = line.split()
+                if len(cols) > 3 and cols[1] == local and cols[2] == remote:
+                    return int(cols[3], 16)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 class _Idle(asyncio.Protocol):
