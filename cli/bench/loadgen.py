@@ -200,7 +200,12 @@ class _Client(asyncio.Protocol):
         member_of = gen.member_of
         clients = len(room_of)
         see = self.tracker.see
-        record = c.hist.record
+        highest = self.tracker.highest
+        hist = c.hist
+        counts = hist.counts
+        top_bucket = len(counts) - 1
+        total = 0
+        worst = hist.max
         now = time.monotonic_ns() // 1000
         got = 0
         for line in lines:
@@ -217,14 +222,26 @@ class _Client(asyncio.Protocol):
                 if sender == self.index:
                     c.echoes += 1
                     continue
-                kind = see(member_of[sender], sf[1])
-                if kind == DUPLICATE:
-                    c.duplicates += 1
-                    continue
-                if kind != NEW:
-                    c.late += 1
+                member, seq = member_of[sender], sf[1]
+                if seq == highest[member] + 1:  # in order: the common case, inline
+                    highest[member] = seq
+                else:
+                    kind = see(member, seq)
+                    if kind == DUPLICATE:
+                        c.duplicates += 1
+                        continue
+                    if kind != NEW:
+                        c.late += 1
                 got += 1
-                record(now - sf[2])
+                lat = now - sf[2]  # Histogram.record, inline
+                if lat < 128:
+                    counts[lat if lat > 0 else 0] += 1
+                else:
+                    e = lat.bit_length() - 7
+                    counts[min((e << 6) + (lat >> e), top_bucket)] += 1
+                total += lat
+                if lat > worst:
+                    worst = lat
             elif line[:2] == b"* ":
                 if line.startswith(b"* bye"):
                     c.byes[line[2:].decode(errors="replace")[:80]] += 1
@@ -233,6 +250,9 @@ class _Client(asyncio.Protocol):
             else:
                 c.corrupted += 1
         if got:
+            hist.count += got
+            hist.total += total
+            hist.max = worst
             self.got += got
             c.deliveries += got
             c.last_delivery = now / 1e6
