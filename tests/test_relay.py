@@ -728,7 +728,7 @@ class Rounds:
                     raise RedisTimeoutError("the reply was lost")
                 return result
 
-            pipe.execute = counted
+            pipe.execute = counted  # type: ignore[method-assign]
             return pipe
 
         monkeypatch.setattr(relay._redis, "pipeline", pipeline)

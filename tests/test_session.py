@@ -322,7 +322,7 @@ async def test_replies_keep_the_order_of_the_commands(fake_server: fakeredis.Fak
         await alice.send(say_ops(range(1, 3)) + say_ops(range(3, 4), room="nowhere")
                          + say_ops(range(4, 6)) + b'{"op":"ping","ref":6}\n'
                          + say_ops(range(7, 8)))
-        replies = []
+        replies: list[tuple[str, Any]] = []
         while len(replies) < 7:
             ev = await alice.event()
             if ev["ev"] in ("ack", "error", "pong"):
