@@ -561,24 +561,30 @@ class Relay:
         started = time.perf_counter()
         args = (self._cfg.history_max, self._once_ttl_ms)
         sha = self._publish.sha
-        async with _translated("publish"):
-            results: list[Any] = []
-            todo = list(msgs)
-            for attempt in (1, 2):
-                pipe = self._redis.pipeline(transaction=False)
-                for msg, once in todo:
-                    pipe.evalsha(sha, 3, k.history(msg.room), k.room_channel(msg.room),
-                                 k.once(msg.room, once), msg.serialize(), *args)
-                got = await pipe.execute(raise_on_error=False)
-                first = next((i for i, r in enumerate(got) if isinstance(r, NoScriptError)),
-                             None)
-                if first is None or attempt == 2 or not all(
-                        isinstance(r, NoScriptError) for r in got[first:]):
-                    results.extend(got)
-                    break
-                results.extend(got[:first])
-                todo = todo[first:]
-                await self._redis.script_load(self._publish.script)
+        results: list[Any] = []
+        try:
+            async with _translated("publish"):
+                todo = list(msgs)
+                for attempt in (1, 2):
+                    pipe = self._redis.pipeline(transaction=False)
+                    for msg, once in todo:
+                        pipe.evalsha(sha, 3, k.history(msg.room), k.room_channel(msg.room),
+                                     k.once(msg.room, once), msg.serialize(), *args)
+                    got = await pipe.execute(raise_on_error=False)
+                    first = next((i for i, r in enumerate(got) if isinstance(r, NoScriptError)),
+                                 None)
+                    if first is None or attempt == 2 or not all(
+                            isinstance(r, NoScriptError) for r in got[first:]):
+                        results.extend(got)
+                        break
+                    results.extend(got[:first])
+                    todo = todo[first:]
+                    await self._redis.script_load(self._publish.script)
+        except RelayUnavailable:
+            raise
+        except Exception as exc:  # a bug, not Redis: answer every sender rather than none
+            log.exception("publishing round failed")
+            results.extend([exc] * (len(msgs) - len(results)))
         elapsed = time.perf_counter() - started
         out: list[str | RelayUnavailable] = []
         for result in results:

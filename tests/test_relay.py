@@ -890,3 +890,27 @@ async def test_a_round_carries_at_most_publish_batch_messages(
     assert all(isinstance(r, str) for r in results)
     assert rounds.sizes == [4, 4, 2]
     assert await stream_texts(raw, relay) == [m.text for m in msgs]
+
+
+async def test_a_round_that_fails_unexpectedly_answers_every_sender(
+        make_relay: Any, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in a round (not a Redis failure) must not leave its senders waiting."""
+    relay, _ = make_relay("n1")
+    await relay._load_scripts()
+    real = relay._redis.pipeline
+    calls = 0
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise KeyError("a bug")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(relay._redis, "pipeline", pipeline)
+    results = await submit_all(relay, says("ann", 3))
+    assert all(isinstance(r, RelayUnavailable) and isinstance(r.__cause__, KeyError)
+               for r in results)
+    assert relay.stats.outboxed == 0
+    assert isinstance(await relay.say(says("bob", 1)[0]), str)  # the next round works
+    assert await stream_texts(raw, relay) == ["bob 0"]
