@@ -180,6 +180,9 @@ def bench(
         help="With --nodes: their HTTP endpoints, host:port,… in the same order (for "
         "subscribed channels and, when exposed, process_resident_memory_bytes).",
         show_default=False)] = None,
+    redis_url: Annotated[str | None, typer.Option(
+        "--redis-url", help="With --nodes: the cluster's Redis, to report its CPU (INFO cpu).",
+        show_default=False)] = None,
     clients: Annotated[int, typer.Option(min=0, help="Measured clients (each sends and "
                                          "receives).")] = 100,
     rooms: Annotated[int, typer.Option(min=1, help="Rooms the clients are spread over "
@@ -250,7 +253,7 @@ def bench(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     raise typer.Exit(run(config, spawn=spawn, baseline=baseline, metrics=http,
-                         json_out=json_out))
+                         redis_url=redis_url, json_out=json_out))
 
 
 # --------------------------------------------------------------------------- client commands

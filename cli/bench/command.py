@@ -70,7 +70,7 @@ class RichObserver(Observer):
 
 
 async def _run(config: BenchConfig, spawn: int, baseline: str | None, metrics: list[Any],
-               observer: Observer) -> dict[str, Any]:
+               redis_url: str | None, observer: Observer) -> dict[str, Any]:
     if spawn:
         observer.phase(f"starting redis-server and {spawn} node(s)")
         async with LocalCluster(spawn) as cluster:
@@ -82,7 +82,7 @@ async def _run(config: BenchConfig, spawn: int, baseline: str | None, metrics: l
             config = _with_targets(config, server.targets)
             return await run_bench(config, server.probe, observer)
     probe = Probe([NodeInfo(h, p, metrics[i] if i < len(metrics) else None)
-                   for i, (h, p) in enumerate(config.targets)])
+                   for i, (h, p) in enumerate(config.targets)], redis_url)
     return await run_bench(config, probe, observer)
 
 
@@ -93,9 +93,9 @@ def _with_targets(config: BenchConfig, targets: list[tuple[str, int]]) -> BenchC
 
 
 async def _main(config: BenchConfig, spawn: int, baseline: str | None, metrics: list[Any],
-                observer: Observer) -> dict[str, Any]:
+                redis_url: str | None, observer: Observer) -> dict[str, Any]:
     """Run, cancelling cleanly on SIGTERM as asyncio.run already does on Ctrl+C."""
-    task = asyncio.ensure_future(_run(config, spawn, baseline, metrics, observer))
+    task = asyncio.ensure_future(_run(config, spawn, baseline, metrics, redis_url, observer))
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     try:
@@ -105,11 +105,12 @@ async def _main(config: BenchConfig, spawn: int, baseline: str | None, metrics: 
 
 
 def bench(config: BenchConfig, *, spawn: int, baseline: str | None, metrics: list[Any],
-          json_out: bool) -> int:
+          redis_url: str | None = None, json_out: bool = False) -> int:
     err = Console(stderr=True)
     try:
         with RichObserver(err) as observer:
-            result = asyncio.run(_main(config, spawn, baseline, metrics, observer))
+            result = asyncio.run(_main(config, spawn, baseline, metrics, redis_url,
+                                       observer))
     except KeyboardInterrupt:
         err.print("interrupted; everything started was stopped")
         return 130
