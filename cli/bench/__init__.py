@@ -10,8 +10,9 @@ Modules, one job each:
 * :mod:`.worker` — a load generator process driven over JSON lines on stdin/stdout;
 * :mod:`.driver` — starts the workers, runs a fixed rate or a ramp, merges their figures;
 * :mod:`.spawn` — a throwaway local cluster (redis-server and nodes) and readings of it;
-* :mod:`.report` — the results table and the JSON document.
+* :mod:`.report` — the results table and the JSON document;
+* :mod:`.command` — ``hubbub bench`` itself: progress bar, Ctrl+C and SIGTERM, output.
 
-The dependency direction is cli → node only through the wire protocol: nothing here
-imports the node's internals.
+Nothing here imports the node: the bench talks to it only through the wire protocol,
+its command line and its HTTP endpoint.
 """

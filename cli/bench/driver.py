@@ -84,14 +84,6 @@ class BenchConfig:
         if self.rate < 0 or self.duration <= 0 or self.ramp_factor <= 1:
             raise ValueError("rate >= 0, duration > 0, ramp factor > 1")
 
-    @property
-    def deliveries_per_message(self) -> float:
-        """Receivers of one message: the other members of the sender's room, on average."""
-        if not self.clients:
-            return 0.0
-        per_room = self.clients / self.rooms
-        return per_room - 1
-
 
 class Observer:
     """What the driver reports while it runs (the CLI draws a progress bar from it)."""
