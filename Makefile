@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 NODES  ?= 3
 
-.PHONY: run test lint check clean
+.PHONY: run test lint check perf clean
 
 $(BIN)/hubbub: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ lint: $(BIN)/hubbub
 	$(BIN)/mypy
 
 check: lint test
+
+perf: $(BIN)/hubbub
+	$(BIN)/python benchmarks/compare.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

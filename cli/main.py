@@ -112,6 +112,9 @@ def node(
         ] = _DEFAULTS.outbox_seconds,
     outbox_max: Annotated[int, _opt(
         "OUTBOX_MAX", "How many such messages the node holds at most.")] = _DEFAULTS.outbox_max,
+    publish_batch: Annotated[int, _opt(
+        "PUBLISH_BATCH", "Most room messages sent to Redis in one round trip (messages said "
+        "meanwhile share it).")] = _DEFAULTS.publish_batch,
     allow_eviction: Annotated[bool, _opt(
         "ALLOW_EVICTION", "Run even if Redis may evict keys (a lost lease can grant a name "
         "twice).", "--allow-eviction")] = _DEFAULTS.allow_eviction,
@@ -191,7 +194,7 @@ def node(
             keepalive_count=keepalive_count,
             redis_timeout=redis_timeout, shutdown_grace=shutdown_grace, http_host=http_host,
             http_port=http_port, ready_window=ready_window, allow_eviction=allow_eviction,
-            outbox_seconds=outbox_seconds, outbox_max=outbox_max,
+            outbox_seconds=outbox_seconds, outbox_max=outbox_max, publish_batch=publish_batch,
             tls_cert=tls_cert, tls_key=tls_key, tls_port=tls_port,
             tls_handshake_timeout=tls_handshake_timeout, redis_ca=redis_ca,
             auth=auth, auth_token=read_secret(auth_token, auth_token_file, "--auth-token"),
@@ -242,6 +245,97 @@ def cluster(
                                  lease_ttl=lease_ttl))
 
 
+
+
+@app.command()
+def bench(
+    nodes: Annotated[str | None, typer.Option(
+        help="Drive a running cluster: host:port,host:port (clients are spread over them).",
+        show_default=False)] = None,
+    spawn: Annotated[int, typer.Option(
+        min=0, max=16, help="Start a throwaway local cluster of N nodes (and a redis-server "
+        "on a free port) with every per-client limit off; all stopped at the end.")] = 0,
+    baseline: Annotated[str | None, typer.Option(
+        help="Start benchmarks/NAME_server.py (ceiling or tutorial) instead and measure it "
+        "(implies --plain).", show_default=False)] = None,
+    metrics: Annotated[str | None, typer.Option(
+        help="With --nodes: their HTTP endpoints, host:port,… in the same order (for "
+        "subscribed channels and, when exposed, process_resident_memory_bytes).",
+        show_default=False)] = None,
+    redis_url: Annotated[str | None, typer.Option(
+        "--redis-url", help="With --nodes: the cluster's Redis, to report its CPU (INFO cpu).",
+        show_default=False)] = None,
+    clients: Annotated[int, typer.Option(min=0, help="Measured clients (each sends and "
+                                         "receives).")] = 100,
+    rooms: Annotated[int, typer.Option(min=1, help="Rooms the clients are spread over "
+                                       "(1: they stay in the lobby).")] = 1,
+    rate: Annotated[float, typer.Option(
+        min=0, help="Messages per second sent by all clients together (each sends an equal "
+        "share); with --ramp, the first step's rate.")] = 100.0,
+    per_client_rate: Annotated[float | None, typer.Option(
+        min=0, help="Messages per second per client instead (total = this x --clients).",
+        show_default=False)] = None,
+    duration: Annotated[float, typer.Option(min=0.1, help="Seconds of load (fixed rate).")
+                        ] = 10.0,
+    ramp: Annotated[bool, typer.Option(
+        "--ramp", help="Raise the rate step by step until a step fails twice (p99 over the "
+        "bound, anything lost, duplicated, out of order, corrupted or disconnected), then "
+        "bisect; reports the highest rate that passed.")] = False,
+    p99_bound_ms: Annotated[float, typer.Option(help="--ramp: the p99 latency bound.")
+                            ] = 50.0,
+    step_seconds: Annotated[float, typer.Option(min=0.1, help="--ramp: seconds per step.")
+                            ] = 3.0,
+    ramp_factor: Annotated[float, typer.Option(min=1.01, help="--ramp: rate multiplier "
+                                               "between steps.")] = 1.5,
+    ramp_refine: Annotated[int, typer.Option(
+        min=0, help="--ramp: after the first failing step, bisect between it and the last "
+        "passing rate this many times.")] = 2,
+    warmup: Annotated[float, typer.Option(min=0, help="Seconds at the first rate before "
+                                          "measuring (not reported).")] = 1.0,
+    size: Annotated[int, typer.Option(help="Bytes of text per message (48, or 50 and up).")
+                    ] = 60,
+    idle: Annotated[int, typer.Option(
+        min=0, help="Also open N idle connections (registered, in no room) and report the "
+        "node's memory per connection.")] = 0,
+    hog: Annotated[bool, typer.Option(
+        "--hog", help="Add one client in the first room that never reads (isolation).")
+                   ] = False,
+    workers: Annotated[int, typer.Option(min=1, max=32, help="Load generator processes.")
+                       ] = 1,
+    plain: Annotated[bool, typer.Option(
+        "--plain", help="Baseline servers: register with the nickname line only, one "
+        "room, no /join or /ping.")] = False,
+    drain_within: Annotated[float, typer.Option(
+        min=0.1, help="Seconds to wait after a step for messages still in flight.")] = 5.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")
+                        ] = False,
+) -> None:
+    """Measure a cluster: end-to-end latency across nodes, deliveries/s, losses, set-up rate
+    and memory per connection (docs/PERFORMANCE.md)."""
+    from .bench.command import bench as run
+    from .bench.command import parse_addresses
+    from .bench.driver import BenchConfig
+
+    chosen = sum([bool(nodes), bool(spawn), bool(baseline)])
+    if chosen != 1:
+        raise typer.BadParameter("give exactly one of --nodes, --spawn or --baseline")
+    if baseline and baseline not in ("ceiling", "tutorial"):
+        raise typer.BadParameter("--baseline is ceiling or tutorial")
+    try:
+        targets = parse_addresses(nodes) if nodes else [("127.0.0.1", 0)]
+        http = parse_addresses(metrics) if metrics else []
+        config = BenchConfig(
+            targets=tuple(targets), clients=clients, rooms=rooms,
+            rate=per_client_rate * clients if per_client_rate is not None else rate,
+            duration=duration, ramp=ramp, p99_bound_ms=p99_bound_ms,
+            step_seconds=step_seconds, ramp_factor=ramp_factor, ramp_refine=ramp_refine,
+            warmup=warmup, size=size,
+            idle=idle, hog=hog, workers=workers,
+            profile="plain" if plain or baseline else "hubbub", drain_within=drain_within)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    raise typer.Exit(run(config, spawn=spawn, baseline=baseline, metrics=http,
+                         redis_url=redis_url, json_out=json_out))
 
 
 # --------------------------------------------------------------------------- client commands

@@ -91,6 +91,8 @@ class NodeConfig:
     """How long a message said while Redis is unreachable waits to be published."""
     outbox_max: int = 1000
     """How many such messages a node holds; past either bound the sender is told."""
+    publish_batch: int = 256
+    """Most room messages sent to Redis in one round trip (one pipeline)."""
     allow_eviction: bool = False
     """Run even if Redis may evict keys (an evicted lease grants a name twice)."""
     http_host: str = "0.0.0.0"
@@ -168,7 +170,7 @@ class NodeConfig:
         if self.outbox_seconds < 0:
             problems.append("outbox seconds must not be negative")
         for name in ("send_queue_bytes", "send_queue_lines", "history_max", "history_default",
-                     "history_limit", "backlog"):
+                     "history_limit", "backlog", "publish_batch"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.replace('_', ' ')} must be at least 1")
         for name in ("rate", "flood_disconnect", "max_connections", "max_per_ip",

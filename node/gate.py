@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -66,7 +66,17 @@ def open_file_limit() -> int:
     return -1 if soft == resource.RLIM_INFINITY else soft
 
 
-def _host(writer: asyncio.StreamWriter) -> str:
+class Connection(Protocol):
+    """What the gate needs of a new connection (an asyncio transport or stream writer)."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _host(writer: Connection) -> str:
     peer = writer.get_extra_info("peername")
     return str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
@@ -114,7 +124,7 @@ class Gate:
 
     # ------------------------------------------------------------------ connections
 
-    def admit(self, writer: asyncio.StreamWriter) -> bool:
+    def admit(self, writer: Connection) -> bool:
         """Let a new connection in (True), or refuse it with a reason and close it."""
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -129,11 +139,11 @@ class Gate:
             self._keepalive(writer)
         return True
 
-    def release(self, writer: asyncio.StreamWriter) -> None:
+    def release(self, writer: Connection) -> None:
         """An admitted connection has closed."""
         self.limiter.release(_host(writer))
 
-    def _refuse(self, writer: asyncio.StreamWriter, reason: str, now: float) -> None:
+    def _refuse(self, writer: Connection, reason: str, now: float) -> None:
         self.stats.refused[reason] += 1
         cfg = self.config
         text = {
@@ -153,7 +163,7 @@ class Gate:
                         peer=_host(writer))
             self._logged[reason] = (now, total)
 
-    def _keepalive(self, writer: asyncio.StreamWriter) -> None:
+    def _keepalive(self, writer: Connection) -> None:
         sock = writer.get_extra_info("socket")
         if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
             return

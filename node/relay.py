@@ -40,7 +40,7 @@ from prometheus_client import Histogram
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import envelope as env
@@ -51,12 +51,46 @@ from .errors import NoSuchNick, RedisMisconfigured, RelayUnavailable
 from .keys import Keys
 from .pause import cancel_pending, pause
 
-__all__ = ["BusSink", "ClaimResult", "NameInfo", "Relay", "RelayStats", "describe"]
+__all__ = ["BusSink", "ClaimResult", "NameInfo", "Published", "Relay", "RelayStats",
+           "describe"]
 
 log = structlog.get_logger("hubbub.relay")
 
 _RENEW_CHUNK = 500
 _REAP_CHUNK = 200
+
+
+Published = Callable[["str | RelayUnavailable"], None]
+"""Told a submitted room message's id, or why it was not relayed."""
+
+
+class _Pending:
+    """A room message on its way to Redis."""
+
+    __slots__ = ("deadline_ms", "done", "msg", "once", "since")
+
+    def __init__(self, msg: env.RoomMsg, once: str, done: Published,
+                 deadline_ms: int) -> None:
+        self.msg = msg
+        self.once = once
+        """The message's once-key: a retry of an attempt that did run returns its id."""
+        self.done = done
+        self.deadline_ms = deadline_ms
+        """Unix time (ms) after which Redis must not publish it: by then its sender may
+        have been told it was not relayed."""
+        self.since = 0.0
+        """Loop time at which it entered the outbox."""
+
+    def resolve(self, result: str | RelayUnavailable) -> None:
+        try:
+            self.done(result)
+        except Exception:  # a sender's bug must not stop the publishing of the others
+            log.exception("publish callback failed")
+
+    def fail(self, text: str, cause: BaseException | None = None) -> None:
+        error = RelayUnavailable(text)
+        error.__cause__ = cause
+        self.resolve(error)
 
 
 class BusSink(Protocol):
@@ -127,17 +161,6 @@ class RelayStats:
 
 
 @dataclass
-class _Held:
-    """A message in the outbox."""
-
-    msg: env.RoomMsg
-    once: str
-    deadline_ms: int
-    said: float
-    waiter: asyncio.Future[str]
-
-
-@dataclass
 class _Departure:
     """What is left to do for a user who left while Redis was away."""
 
@@ -180,7 +203,10 @@ class Relay:
         self._msg_keys = itertools.count(1)
         # unique per process: a restarted node must not reuse its predecessor's keys
         self._once_prefix = f"{config.node_id}:{secrets.token_hex(6)}"
-        self._outbox: deque[_Held] = deque()
+        self._outbox: deque[_Pending] = deque()
+        """Messages held while Redis is away, oldest first."""
+        self._batch: deque[_Pending] = deque()
+        """Messages queued for the next publishing round (Redis answering)."""
         self._flusher: asyncio.Task[None] | None = None
         self._departures: dict[str, _Departure] = {}
         self._departing: asyncio.Task[None] | None = None
@@ -501,85 +527,191 @@ class Relay:
     # ------------------------------------------------------------------ publishing
 
     async def say(self, msg: env.RoomMsg) -> str:
-        """Store and publish a room message in one atomic step; returns its id.
+        """Store and publish a room message in one atomic step; returns its id."""
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
-        While Redis cannot be reached the message waits in the node's outbox (at most
-        ``outbox_seconds`` and ``outbox_max`` messages), behind any that wait already, and
-        is published in order when Redis is back; past the bounds RelayUnavailable tells
-        the sender it was not relayed.  Nothing is dropped without its sender knowing.
-        """
-        once = f"{self._once_prefix}:{next(self._msg_keys)}"
-        loop = asyncio.get_running_loop()
-        said = loop.time()
-        # the sender hears "not relayed" no sooner than this (the outbox bound, or the one
-        # command timeout without an outbox); Redis publishes nothing after it
-        window = self._cfg.outbox_seconds if self._cfg.outbox_seconds > 0 else \
-            self._cfg.redis_timeout
-        deadline_ms = int((time.time() + window) * 1000)
-        if not self._outbox:
-            try:
-                return await self._publish_once(msg, once, deadline_ms)
-            except RelayUnavailable as exc:
-                if not _transient(exc) or self._cfg.outbox_seconds <= 0:
-                    raise
-        if len(self._outbox) >= self._cfg.outbox_max:
-            self.stats.outbox_refused += 1
-            raise RelayUnavailable("the cluster relay is unavailable and this node's outbox "
-                                   "is full; your message was not sent")
-        waiter: asyncio.Future[str] = loop.create_future()
-        self._outbox.append(_Held(msg, once, deadline_ms, said, waiter))
-        self.stats.outboxed += 1
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_outbox(), name="relay-outbox")
+        def done(result: str | RelayUnavailable) -> None:
+            if waiter.done():
+                return
+            if isinstance(result, RelayUnavailable):
+                waiter.set_exception(result)
+            else:
+                waiter.set_result(result)
+
+        self.submit(msg, done)
         return await waiter
 
-    async def _publish_once(self, msg: env.RoomMsg, once: str, deadline_ms: int) -> str:
+    def submit(self, msg: env.RoomMsg, done: Published) -> None:
+        """Queue a room message for publishing; ``done`` gets its id or the error.
+
+        Never waits: messages are published in the order they are submitted, many to one
+        Redis round trip (see :meth:`_pump`), and ``done`` is called in that order, from
+        the publishing task as soon as Redis answered (or at once, if refused here).
+        While Redis cannot be reached messages wait in the node's outbox (at most
+        ``outbox_seconds`` and ``outbox_max`` messages), behind any that wait already,
+        and are published in order when Redis is back; past the bounds ``done`` gets
+        RelayUnavailable, so nothing is dropped without its sender knowing.
+        """
+        entry = _Pending(msg, f"{self._once_prefix}:{next(self._msg_keys)}", done,
+                         self._deadline())
+        if self._outbox:  # Redis is away: wait behind the messages held already
+            if len(self._outbox) >= self._cfg.outbox_max:
+                self.stats.outbox_refused += 1
+                entry.fail("the cluster relay is unavailable and this node's outbox is full; "
+                           "your message was not sent")
+                return
+            entry.since = asyncio.get_running_loop().time()
+            self._outbox.append(entry)
+            self.stats.outboxed += 1
+        else:
+            self._batch.append(entry)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._pump(), name="relay-publish")
+
+    async def _pump(self) -> None:
+        """The one task that publishes room messages, oldest first, until none are left.
+
+        Each round sends every queued message (up to ``publish_batch``) as one pipeline of
+        EVALSHAs, so under load many messages share one round trip; while a round is in
+        flight the next one fills up.  Redis runs a pipeline's commands in order, so the
+        order of submission is the order of publication.  A round that fails because
+        Redis is unreachable or slow moves its messages, and every message queued behind
+        them, into the outbox, which is retried in order with backoff (each message's
+        once-key makes a retry of one that did run return its first id); messages that
+        waited longer than ``outbox_seconds`` are refused.
+        """
+        loop = asyncio.get_running_loop()
+        delays: Iterator[float] | None = None
+        cause: BaseException | None = None
+        while self._outbox or self._batch:
+            if self._outbox:
+                now = loop.time()
+                while self._outbox and now - self._outbox[0].since > self._cfg.outbox_seconds:
+                    self.stats.outbox_expired += 1
+                    self._outbox.popleft().fail("the cluster relay stayed unavailable; your "
+                                                "message was not sent", cause)
+                if not self._outbox:
+                    continue
+                held = list(itertools.islice(self._outbox, self._cfg.publish_batch))
+                try:
+                    results = await self._publish_many(
+                        [(e.msg, e.once, e.deadline_ms) for e in held])
+                except RelayUnavailable as exc:
+                    cause = exc.__cause__
+                    if delays is None:
+                        delays = backoff(initial=0.05, maximum=0.5)
+                    await pause(next(delays))
+                    continue
+                delays = None
+                for entry, result in zip(held, results, strict=True):
+                    self._outbox.popleft()
+                    entry.resolve(result)
+                continue
+            size = min(self._cfg.publish_batch, len(self._batch))
+            batch = [self._batch.popleft() for _ in range(size)]
+            try:
+                results = await self._publish_many(
+                    [(e.msg, e.once, e.deadline_ms) for e in batch])
+            except RelayUnavailable as exc:
+                if not _transient(exc) or self._cfg.outbox_seconds <= 0:
+                    for entry in batch:
+                        entry.fail(exc.text, exc.__cause__)
+                    continue
+                self._hold(batch, loop.time())
+                continue
+            for entry, result in zip(batch, results, strict=True):
+                entry.resolve(result)
+
+    def _hold(self, failed: list[_Pending], now: float) -> None:
+        """Redis went away under a round: its messages and every one queued behind them
+        wait in the outbox, in order; past ``outbox_max`` the newest are refused."""
+        for entry in itertools.chain(failed, self._batch):
+            if len(self._outbox) >= self._cfg.outbox_max:
+                self.stats.outbox_refused += 1
+                entry.fail("the cluster relay is unavailable and this node's outbox is "
+                           "full; your message was not sent")
+                continue
+            entry.since = now
+            self._outbox.append(entry)
+            self.stats.outboxed += 1
+        self._batch.clear()
+
+    def _deadline(self) -> int:
+        """When a message said now is refused to its sender at the earliest (the outbox
+        bound, or one command timeout without an outbox), as Unix time in ms: the
+        publishing script does nothing after it, so a frozen Redis that thaws cannot
+        deliver a line its sender was told had failed."""
+        window = self._cfg.outbox_seconds if self._cfg.outbox_seconds > 0 else \
+            self._cfg.redis_timeout
+        return int((time.time() + window) * 1000)
+
+    async def _publish_once(self, msg: env.RoomMsg, once: str,
+                            deadline_ms: int | None = None) -> str:
+        """Publish one message (with its once-key) in a round of its own."""
+        (result,) = await self._publish_many(
+            [(msg, once, self._deadline() if deadline_ms is None else deadline_ms)])
+        if isinstance(result, RelayUnavailable):
+            raise result
+        return result
+
+    async def _publish_many(self, msgs: Sequence[tuple[env.RoomMsg, str, int]]
+                            ) -> list[str | RelayUnavailable]:
+        """Run PUBLISH_MSG for each ``(message, once-key, deadline)`` in one pipeline, in
+        order.
+
+        Raises RelayUnavailable when the round as a whole failed (Redis unreachable,
+        slow, or the connection broke): any prefix of it may have run, which the
+        once-keys make safe to retry.  Otherwise each message gets its id, or the
+        RelayUnavailable that refuses it alone (Redis refused that command: later ones
+        in the round did run, so it is not retried).  A Redis that forgot the script
+        (restarted) is sent it again and the round's tail re-run once.
+        """
         k = self.keys
         started = time.perf_counter()
-        async with _translated("publish"):
-            new_id = await self._publish(
-                keys=[k.history(msg.room), k.room_channel(msg.room), k.once(msg.room, once)],
-                args=[msg.serialize(), self._cfg.history_max, self._once_ttl_ms, deadline_ms])
-        if new_id is None:
-            self.stats.publish_too_late += 1
-            raise RelayUnavailable("the cluster relay did not get to your message in time; "
-                                   "it was not sent")
-        self.publish_seconds.observe(time.perf_counter() - started)
-        self.stats.published += 1
-        return new_id.decode() if isinstance(new_id, bytes) else str(new_id)
-
-    async def _flush_outbox(self) -> None:
-        """Publish the outbox in order; expire what waited too long."""
-        loop = asyncio.get_running_loop()
-        delays = backoff(initial=0.05, maximum=0.5)
-        cause: BaseException | None = None
-        while self._outbox:
-            now = loop.time()
-            while self._outbox and now - self._outbox[0].said > self._cfg.outbox_seconds:
-                held = self._outbox.popleft()
-                self.stats.outbox_expired += 1
-                if not held.waiter.done():
-                    error = RelayUnavailable(
-                        "the cluster relay stayed unavailable; your message was not sent")
-                    error.__cause__ = cause
-                    held.waiter.set_exception(error)
-            if not self._outbox:
-                break
-            held = self._outbox[0]
-            try:
-                new_id = await self._publish_once(held.msg, held.once, held.deadline_ms)
-            except RelayUnavailable as exc:
-                if not _transient(exc):  # refused for good (too late): tell the sender now
-                    self._outbox.popleft()
-                    if not held.waiter.done():
-                        held.waiter.set_exception(exc)
-                    continue
-                cause = exc.__cause__
-                await pause(next(delays))
-                continue
-            self._outbox.popleft()
-            if not held.waiter.done():
-                held.waiter.set_result(new_id)
+        args = (self._cfg.history_max, self._once_ttl_ms)
+        sha = self._publish.sha
+        results: list[Any] = []
+        try:
+            async with _translated("publish"):
+                todo = list(msgs)
+                for attempt in (1, 2):
+                    pipe = self._redis.pipeline(transaction=False)
+                    for msg, once, deadline_ms in todo:
+                        pipe.evalsha(sha, 3, k.history(msg.room), k.room_channel(msg.room),
+                                     k.once(msg.room, once), msg.serialize(), *args,
+                                     deadline_ms)
+                    got = await pipe.execute(raise_on_error=False)
+                    first = next((i for i, r in enumerate(got) if isinstance(r, NoScriptError)),
+                                 None)
+                    if first is None or attempt == 2 or not all(
+                            isinstance(r, NoScriptError) for r in got[first:]):
+                        results.extend(got)
+                        break
+                    results.extend(got[:first])
+                    todo = todo[first:]
+                    await self._redis.script_load(self._publish.script)
+        except RelayUnavailable:
+            raise
+        except Exception as exc:  # a bug, not Redis: answer every sender rather than none
+            log.exception("publishing round failed")
+            results.extend([exc] * (len(msgs) - len(results)))
+        elapsed = time.perf_counter() - started
+        out: list[str | RelayUnavailable] = []
+        for result in results:
+            if isinstance(result, Exception):
+                error = RelayUnavailable("the cluster relay (Redis) refused the message; "
+                                         "try again shortly")
+                error.__cause__ = result
+                out.append(error)
+            elif result is None:  # Redis got to it past its deadline: published nothing
+                self.stats.publish_too_late += 1
+                out.append(RelayUnavailable("the cluster relay did not get to your message "
+                                            "in time; it was not sent"))
+            else:
+                self.publish_seconds.observe(elapsed)
+                self.stats.published += 1
+                out.append(result.decode() if isinstance(result, bytes) else str(result))
+        return out
 
     async def private(self, msg: env.DirectMsg, node: str) -> None:
         """Publish a private message to the node holding its recipient."""

@@ -126,8 +126,8 @@ class ChatNode:
         """A listener on ``port``: plaintext, or TLS with a bounded handshake (a client that
         stalls in it, or speaks plaintext, is dropped and never becomes a session)."""
         cfg = self.config
-        return await asyncio.start_server(
-            self._on_connect, cfg.host, port, backlog=cfg.backlog, reuse_address=True,
+        return await asyncio.get_running_loop().create_server(
+            lambda: Session(self), cfg.host, port, backlog=cfg.backlog, reuse_address=True,
             ssl=tls, ssl_handshake_timeout=cfg.tls_handshake_timeout if tls else None)
 
     def stop(self) -> None:
@@ -172,19 +172,23 @@ class ChatNode:
             if fatal is not None:
                 raise fatal.exceptions[0]
 
-    async def _on_connect(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if self._stopping.is_set() or writer.transport.is_closing():
+    def on_connection(self, session: Session) -> None:
+        """A client connected (called by its protocol): admit it and start its task."""
+        transport = session.transport
+        assert transport is not None
+        if self._stopping.is_set() or transport.is_closing():
             # (over TLS a client can finish the handshake and be gone before this runs:
             # its transport is closed already and knows no peer any more)
-            writer.close()
+            transport.close()
             return
-        if not self.gate.admit(writer):
+        if not self.gate.admit(transport):
             return
+        session.task = asyncio.create_task(self._serve(session, transport))
+
+    async def _serve(self, session: Session, transport: asyncio.Transport) -> None:
+        task = asyncio.current_task()
+        assert task is not None
         self._conn_tasks.add(task)
-        session = Session(self, reader, writer)
         self.sessions.add(session)
         self.by_sid[session.sid] = session
         self.stats.connections += 1
@@ -192,14 +196,13 @@ class ChatNode:
             await session.run()
         except asyncio.CancelledError:
             # Shutdown cancelled this connection after its grace period; the session has
-            # cleaned up.  Ending normally keeps asyncio's stream callback (3.11) from
-            # logging the cancelled task as an error.
+            # cleaned up, and this task ends normally.
             pass
         finally:
             self.sessions.discard(session)
             self.by_sid.pop(session.sid, None)
             self._conn_tasks.discard(task)
-            self.gate.release(writer)
+            self.gate.release(transport)
 
     # ------------------------------------------------------------------ names
 
@@ -522,14 +525,17 @@ class ChatNode:
 
     def _fan_out(self, event: Event, targets: Iterable[Session], skip_sid: str = "") -> None:
         """Render once per wire mode; queue the same bytes to every recipient."""
-        rendered: dict[str, bytes] = {}
+        rendered: dict[str, tuple[bytes, int]] = {}
+        delivered = 0
         for s in list(targets):
             codec = s.conn.codec
             if s.sid == skip_sid and not codec.echo_own:
                 continue
-            data = rendered.get(codec.name)
-            if data is None:
-                data = rendered[codec.name] = codec.render(event)
-            s.send_bytes(data)
-            self.stats.delivered += 1
+            out = rendered.get(codec.name)
+            if out is None:
+                data = codec.render(event)
+                out = rendered[codec.name] = (data, data.count(b"\n"))
+            s.send_bytes(*out)
+            delivered += 1
+        self.stats.delivered += delivered
 

@@ -2,10 +2,16 @@
 
 Theory of operation
 -------------------
-A session is two tasks in one ``asyncio.TaskGroup``: the *reader* feeds received bytes to
-the sans-I/O :class:`~node.protocol.ServerConnection` and carries out each command in
-order (so one sender's messages are relayed in the order it sent them); the *writer*
-takes everything queued in the :class:`~node.outbox.SendQueue` and writes it as one chunk.
+A session is the listening socket's ``asyncio.Protocol`` for one connection plus one task.
+The protocol callbacks only buffer what arrives (pausing the socket past ``_READ_AHEAD``
+unhandled bytes) and wake the task; the task feeds the bytes to the sans-I/O
+:class:`~node.protocol.ServerConnection` and carries out each command in order (so one
+sender's messages are relayed in the order it sent them; consecutive ``say`` lines are
+submitted without waiting for each other and acknowledged in order, see
+:meth:`Session._publish`).  Output needs no task: events are put in the bounded
+:class:`~node.outbox.SendQueue` and everything queued during one loop iteration is handed
+to the transport in one write at its end; ``pause_writing``/``resume_writing`` hold the
+queue back while the client does not read.
 Registration (choosing a free nickname) must finish within ``register_timeout`` of the
 connect; a trickle of bytes does not extend it.  Commands that publish pass the session's
 :class:`~node.limits.FloodGuard` first: past the burst the reader waits for a token (the
@@ -20,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-from typing import TYPE_CHECKING
+from collections import deque
+from typing import TYPE_CHECKING, cast
 
 import structlog
 
@@ -109,19 +116,39 @@ operators:
 _ids = itertools.count(1)
 _PUBLISHING = (Say, Me, Msg, Nick, Join, Part)
 """Commands that publish to the cluster: these are subject to flood control."""
+_HIGH_WATER = 64 * 1024
+"""Bytes the transport may hold for a client before it pauses the session's writing."""
+_FLUSH_AT = 16 * 1024
+"""Queued bytes handed to the transport at once rather than at the end of the iteration
+(a burst of events in one iteration must not count against a healthy client's bounds)."""
+_READ_AHEAD = 64 * 1024
+"""Received bytes not yet handled at which the session stops reading its socket."""
 _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}", re.ASCII)
 
 
-class Session:
-    """A connected client.  Created and driven by :class:`~node.server.ChatNode`."""
+class _Said:
+    """A message of this session on its way to Redis: its ref, then its id or error."""
 
-    def __init__(self, node: ChatNode, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+    __slots__ = ("ref", "result")
+
+    def __init__(self, ref: str | int | None) -> None:
+        self.ref = ref
+        self.result: str | RelayUnavailable | None = None
+
+
+class Session(asyncio.Protocol):
+    """A connected client: the listener's protocol, driven by :class:`~node.server.ChatNode`
+    (which starts :meth:`run` once the connection is admitted)."""
+
+    def __init__(self, node: ChatNode) -> None:
         cfg = node.config
+        self._loop = asyncio.get_running_loop()
         self.node = node
         self.sid = f"{cfg.node_id}/{next(_ids)}"
         self.conn = ServerConnection(max_line=cfg.max_line, max_buffer=cfg.max_buffer)
         self.queue = SendQueue(cfg.send_queue_bytes, cfg.send_queue_lines)
+        self._flush_bytes = min(_FLUSH_AT, max(1, cfg.send_queue_bytes // 2))
+        self._flush_lines = max(1, cfg.send_queue_lines // 2)
         self.flood = FloodGuard(cfg.rate, cfg.burst, cfg.flood_disconnect,
                                 asyncio.get_running_loop().time())
         self.nick = ""
@@ -135,12 +162,23 @@ class Session:
         self.quit_reason: str | None = None
         """The reason given with /quit, if the client quit itself."""
         self.said_quit = False
-        self._reader = reader
-        self._writer = writer
-        self._tasks: list[asyncio.Task[None]] = []
-        peer = writer.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.ip = ip_key(str(peer[0])) if isinstance(peer, tuple) else str(peer)
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
+        """The task running :meth:`run` (set by the node when it admits the connection)."""
+        self.peer = "?"
+        self._inbox: list[bytes] = []  # received, not yet parsed
+        self._inbox_size = 0
+        self._eof = False
+        self._wakeup: asyncio.Future[None] | None = None  # the reader waits for bytes
+        self._reading_paused = False
+        self._writing_paused = False  # the transport is above its high-water mark
+        self._flush_soon = False  # a flush is scheduled for the end of this iteration
+        self._reading = False  # run() is in its read loop (end() and kill() stop it)
+        self._stopping = False  # we cancelled our own task to stop reading
+        self._said: deque[_Said] = deque()
+        """Messages submitted for publishing whose reply is not sent yet, oldest first."""
+        self._all_said: asyncio.Future[None] | None = None
+        self.ip = "?"
         """The unit bans and login throttles count: an IPv4 address or an IPv6 /64."""
         self.authed = cfg.auth != "token"
         """Token mode: the access token was given (always True in other modes)."""
@@ -149,6 +187,68 @@ class Session:
         self.oper = False
         self.muted_until = 0.0
         """Loop time until which the user's messages are refused (an operator's mute)."""
+
+    # ------------------------------------------------------------------ transport events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.ip = ip_key(str(peer[0])) if isinstance(peer, tuple) else str(peer)
+        self.transport.set_write_buffer_limits(high=_HIGH_WATER)
+        self.node.on_connection(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._inbox.append(data)
+        self._inbox_size += len(data)
+        if self._inbox_size >= _READ_AHEAD and not self._reading_paused:
+            # the session is busy (a Redis round trip): the rest waits in the socket
+            self._reading_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return True  # keep the socket open for writing: the replies still go out
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self.close_reason == "connection closed":
+            self.close_reason = "connection lost"
+        self._eof = True
+        self.queue.close()  # nobody to write to
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._flush()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    async def _read(self) -> bytes:
+        """What arrived since the last call, waiting for some; ``b""`` at EOF."""
+        while not self._inbox:
+            if self._eof:
+                return b""
+            self._wakeup = self._loop.create_future()
+            try:
+                await self._wakeup
+            finally:
+                self._wakeup = None
+        data = self._inbox[0] if len(self._inbox) == 1 else b"".join(self._inbox)
+        self._inbox.clear()
+        self._inbox_size = 0
+        if self._reading_paused:
+            self._reading_paused = False
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+        return data
 
     # ------------------------------------------------------------------ state
 
@@ -171,21 +271,46 @@ class Session:
     def send(self, event: Event) -> None:
         self.send_bytes(self.conn.render(event))
 
-    def send_bytes(self, data: bytes) -> None:
-        """Queue bytes without waiting; a reader too slow to keep up is disconnected."""
-        if not self.queue.put(data) and not self.queue.closed:
-            self.node.stats.slow_consumers += 1
-            log.warning("slow consumer disconnected", queued=self.queue.size,
-                        lines=self.queue.lines)
-            self.kill("send queue exceeded")
+    def send_bytes(self, data: bytes, lines: int | None = None) -> None:
+        """Queue bytes without waiting; a reader too slow to keep up is disconnected.
+
+        Everything queued in one loop iteration goes out in one transport write at its
+        end (one system call per recipient, not one per line), or at once when a lot is
+        queued; while the transport is above its high-water mark (the client does not
+        read) bytes stay queued, up to the queue's bounds."""
+        queue = self.queue
+        if not queue.put(data, lines):
+            if not queue.closed:
+                self.node.stats.slow_consumers += 1
+                log.warning("slow consumer disconnected", queued=queue.size,
+                            lines=queue.lines)
+                self.kill("send queue exceeded")
+            return
+        if queue.size >= self._flush_bytes or queue.lines >= self._flush_lines:
+            self._flush()
+        elif not self._flush_soon:
+            self._flush_soon = True
+            self._loop.call_soon(self._flush_scheduled)
+
+    def _flush_scheduled(self) -> None:
+        self._flush_soon = False
+        self._flush()
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if self._writing_paused or transport is None or transport.is_closing():
+            return
+        data = self.queue.take()
+        if data:
+            transport.write(data)
 
     def kill(self, reason: str) -> None:
         """End the session now, dropping whatever is queued."""
         self.close_reason = reason
         self.queue.close()
-        self._writer.transport.abort()
-        for task in self._tasks:
-            task.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+        self._stop_reading()
 
     def end(self, reason: str, *farewell: Event) -> None:
         """Send ``farewell``, stop reading and close once the queue is flushed."""
@@ -193,8 +318,12 @@ class Session:
         for event in farewell:
             self.send(event)
         self.queue.close()
-        if self._tasks:
-            self._tasks[0].cancel()  # the reader; the writer drains the queue, then stops
+        self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        if self._reading and self.task is not None and not self._stopping:
+            self._stopping = True
+            self.task.cancel()  # run() takes it as "stop reading" and cleans up
 
     def shutdown(self, reason: str) -> None:
         """Node shutdown: tell the client to move to another node, then end."""
@@ -205,12 +334,18 @@ class Session:
 
     async def run(self) -> None:
         structlog.contextvars.bind_contextvars(conn=self.sid, peer=self.peer)
-        self._writer.transport.set_write_buffer_limits(high=64 * 1024)
         log.debug("session opened")
+        task = asyncio.current_task()
+        assert task is not None
         try:
-            async with asyncio.TaskGroup() as tg:
-                self._tasks = [tg.create_task(self._read_loop()),
-                               tg.create_task(self._write_loop())]
+            self._reading = True
+            try:
+                await self._read_loop()
+            except asyncio.CancelledError:
+                if not self._stopping or task.uncancel() > 0:
+                    raise  # not ours: the node gave up on this session
+            finally:
+                self._reading = False
         except Exception:
             log.exception("session crashed")
             self.close_reason = "internal error"
@@ -229,31 +364,13 @@ class Session:
                     log.warning("could not release name now; retrying in the background",
                                 error=describe(exc))
         finally:
+            self._flush()
+            assert self.transport is not None
             if self.queue.size:
-                self._writer.transport.abort()  # never wait on a reader that stopped reading
+                self.transport.abort()  # never wait on a reader that stopped reading
             else:
-                self._writer.close()
+                self.transport.close()  # what the transport holds is sent first
             (log.info if self.nick else log.debug)("session closed", reason=self.close_reason)
-
-    async def _write_loop(self) -> None:
-        writer = self._writer
-        try:
-            while (data := await self.queue.take()) is not None:
-                if writer.transport.is_closing():
-                    raise ConnectionResetError("the client went away")
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            self.close_reason = "connection lost"
-        except RuntimeError:
-            # uvloop's "unable to perform operation on <TCPTransport closed=True>": the
-            # client went away between two writes
-            if not writer.transport.is_closing():
-                raise
-            self.close_reason = "connection lost"
-        finally:
-            if self._tasks and not self._tasks[0].done():
-                self._tasks[0].cancel()
 
     async def _read_loop(self) -> None:
         try:
@@ -282,16 +399,14 @@ class Session:
 
     async def _receive(self) -> bool:
         """Read once and carry out what arrived; False when the session is over."""
-        try:
-            data = await self._reader.read(65536)
-        except (ConnectionError, OSError):
-            self.close_reason = "connection lost"
-            return False
+        data = await self._read()
         if data:
             self.conn.receive_data(data)
         else:
             self.conn.receive_eof()
         while (item := self.conn.next_command()) is not None:
+            if not isinstance(item, Say | Me):
+                await self._settle()  # replies go out in the order the commands came
             if isinstance(item, FatalProtocolError):
                 self.close_reason = "protocol error"
                 self.send(Error(item.code, item.text, item.ref))
@@ -301,7 +416,36 @@ class Session:
                 continue
             if not await self._handle(item):
                 return False
+        await self._settle()
         return bool(data)
+
+    async def _settle(self) -> None:
+        """Wait until every message this session submitted has been answered."""
+        if self._said:
+            self._all_said = asyncio.get_running_loop().create_future()
+            await self._all_said
+
+    def _publish(self, msg: env.RoomMsg, ref: str | int | None) -> None:
+        """Submit a message without waiting: lines that arrived together share Redis round
+        trips.  Its ack (or error) is sent as soon as Redis answered and every earlier
+        message of this session has been answered, so replies keep the commands' order."""
+        said = _Said(ref)
+        self._said.append(said)
+
+        def done(result: str | RelayUnavailable) -> None:
+            said.result = result
+            while self._said and self._said[0].result is not None:
+                head = self._said.popleft()
+                if isinstance(head.result, RelayUnavailable):
+                    if head.result.ref is None:
+                        head.result.ref = head.ref
+                    self._refuse(head.result)
+                else:
+                    self.send(Ack(head.ref, head.result))
+            if not self._said and self._all_said is not None and not self._all_said.done():
+                self._all_said.set_result(None)
+
+        self.node.relay.submit(msg, done)
 
     def _refuse(self, error: HubbubError) -> None:
         self.send(Error(error.code, error.text, error.ref))
@@ -341,6 +485,7 @@ class Session:
                     return False
                 await self._command(cmd)
         except HubbubError as exc:
+            await self._settle()
             if exc.ref is None:
                 exc.ref = cmd.ref
             self._refuse(exc)
@@ -350,6 +495,7 @@ class Session:
         """Wait until the session's rate allows ``cmd``; False: flooding, disconnect."""
         delay = self.flood.admit(asyncio.get_running_loop().time())
         if delay is None:
+            await self._settle()
             cfg = self.node.config
             self.node.stats.flood_disconnects += 1
             self.close_reason = "flooding"
@@ -404,9 +550,8 @@ class Session:
             case Say() | Me():
                 room = self._in_room(cmd.room)
                 text = clean_text(cmd.text)
-                msg_id = await node.relay.say(env.RoomMsg(room, self.nick, self.sid, text,
-                                                          isinstance(cmd, Me)))
-                self.send(Ack(cmd.ref, msg_id))
+                self._publish(env.RoomMsg(room, self.nick, self.sid, text,
+                                          isinstance(cmd, Me)), cmd.ref)
             case Join(room=raw):
                 room = check_room(raw)
                 if room in self.rooms:

@@ -159,7 +159,7 @@ async def server_socket(node: ChatNode) -> socket.socket:
     c = await LineClient.connect(port(node))
     await c.expect("* GET_NAME")
     (session,) = node.sessions
-    sock: socket.socket = session._writer.get_extra_info("socket")
+    sock: socket.socket = session.transport.get_extra_info("socket")  # type: ignore[union-attr]
     return sock
 
 

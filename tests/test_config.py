@@ -52,6 +52,7 @@ def test_config_is_frozen() -> None:
     {"send_queue_lines": 0},
     {"history_max": 0},
     {"backlog": 0},
+    {"publish_batch": 0},
     {"register_timeout": 0},
     {"redis_timeout": -1.0},
 ])

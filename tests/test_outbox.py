@@ -2,36 +2,33 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from node.outbox import SendQueue
 
 
-async def test_several_puts_are_taken_as_one_chunk_in_order() -> None:
+def test_several_puts_are_taken_as_one_chunk_in_order() -> None:
     q = SendQueue(max_bytes=1000, max_lines=100)
     assert q.put(b"one\n")
     assert q.put(b"two\n")
     assert q.put(b"three\n")
     assert (q.size, q.lines) == (14, 3)
-    assert await q.take() == b"one\ntwo\nthree\n"
+    assert q.take() == b"one\ntwo\nthree\n"
     assert (q.size, q.lines) == (0, 0)
 
 
-async def test_single_put_is_taken_as_is() -> None:
+def test_single_put_is_taken_as_is() -> None:
     q = SendQueue(max_bytes=1000, max_lines=100)
     assert q.put(b"only\n")
-    assert await q.take() == b"only\n"
+    assert q.take() == b"only\n"
 
 
-async def test_take_waits_for_a_put() -> None:
+def test_take_of_an_empty_queue_is_empty() -> None:
     q = SendQueue(max_bytes=1000, max_lines=100)
-    taker = asyncio.create_task(q.take())
-    await asyncio.sleep(0)  # let it start waiting (a scheduling step, not a timing wait)
-    assert not taker.done()
+    assert q.take() == b""
     assert q.put(b"late\n")
-    assert await asyncio.wait_for(taker, 1) == b"late\n"
+    assert q.take() == b"late\n"
+    assert q.take() == b""
 
 
 def test_byte_bound_refuses_and_queues_nothing() -> None:
@@ -55,11 +52,11 @@ def test_line_bound_refuses_and_queues_nothing() -> None:
     assert (q.size, q.lines) == (14, 2)
 
 
-async def test_refused_put_leaves_the_queue_as_it_was() -> None:
+def test_refused_put_leaves_the_queue_as_it_was() -> None:
     q = SendQueue(max_bytes=8, max_lines=100)
     assert q.put(b"ab\n")
     assert not q.put(b"123456789\n")
-    assert await q.take() == b"ab\n"
+    assert q.take() == b"ab\n"
 
 
 def test_empty_put_is_accepted_and_queues_nothing() -> None:
@@ -68,30 +65,28 @@ def test_empty_put_is_accepted_and_queues_nothing() -> None:
     assert (q.size, q.lines) == (0, 0)
 
 
-async def test_close_drains_then_take_returns_none() -> None:
+def test_close_refuses_puts_but_keeps_what_is_queued() -> None:
     q = SendQueue(max_bytes=1000, max_lines=100)
     q.put(b"a\n")
     q.put(b"b\n")
     q.close()
     assert q.closed
-    assert await q.take() == b"a\nb\n"
-    assert await q.take() is None
-    assert await q.take() is None
-
-
-async def test_close_wakes_a_waiting_taker() -> None:
-    q = SendQueue(max_bytes=1000, max_lines=100)
-    taker = asyncio.create_task(q.take())
-    await asyncio.sleep(0)
-    assert not taker.done()
-    q.close()
-    assert await asyncio.wait_for(taker, 1) is None
+    assert not q.put(b"c\n")
+    assert q.take() == b"a\nb\n"
+    assert q.take() == b""
 
 
 @pytest.mark.parametrize("data", [b"x\n", b""])
-async def test_put_after_close_is_refused(data: bytes) -> None:
+def test_put_after_close_is_refused(data: bytes) -> None:
     q = SendQueue(max_bytes=1000, max_lines=100)
     q.close()
     assert not q.put(data)
     assert (q.size, q.lines) == (0, 0)
-    assert await q.take() is None
+    assert q.take() == b""
+
+
+def test_a_line_count_given_by_the_caller_is_used() -> None:
+    q = SendQueue(max_bytes=1000, max_lines=3)
+    assert q.put(b"a\nb\n", lines=2)
+    assert (q.size, q.lines) == (4, 2)
+    assert not q.put(b"c\nd\n", lines=2)

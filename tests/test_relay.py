@@ -14,7 +14,9 @@ import pytest
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from node import envelope as env
 from node.config import NodeConfig
@@ -826,3 +828,220 @@ async def test_the_relay_stops_when_cancelled_mid_command(make_relay: Any,
     task.cancel()
     done, _ = await asyncio.wait([task], timeout=TIMEOUT)
     assert done, "the relay went on after it was cancelled"
+
+
+# --------------------------------------------------------------------------- batching
+
+
+class Rounds:
+    """Counts the relay's pipelines (Redis round trips) and can make some of them fail."""
+
+    def __init__(self, relay: Relay, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        self.sizes: list[int] = []
+        self.fail: list[str] = []
+        """Per coming round: "before" (fails unsent), "after" (runs, then the reply is
+        lost), or "" (normal)."""
+        real = relay._redis.pipeline
+
+        def pipeline(*args: Any, **kwargs: Any) -> Any:
+            pipe = real(*args, **kwargs)
+            execute = pipe.execute
+
+            async def counted(*a: Any, **kw: Any) -> Any:
+                self.count += 1
+                self.sizes.append(len(pipe.command_stack))
+                how = self.fail.pop(0) if self.fail else ""
+                if how == "before":
+                    raise RedisConnectionError("Redis went away")
+                result = await execute(*a, **kw)
+                if how == "after":
+                    raise RedisTimeoutError("the reply was lost")
+                return result
+
+            pipe.execute = counted  # type: ignore[method-assign]
+            return pipe
+
+        monkeypatch.setattr(relay._redis, "pipeline", pipeline)
+
+
+def says(sender: str, n: int, room: str = "lobby") -> list[env.RoomMsg]:
+    return [env.RoomMsg(room, sender, f"s/{sender}", f"{sender} {i}") for i in range(n)]
+
+
+def interleaved(*senders: list[env.RoomMsg]) -> list[env.RoomMsg]:
+    return [m for group in zip(*senders, strict=True) for m in group]
+
+
+async def submit_all(relay: Relay, msgs: list[env.RoomMsg]
+                     ) -> list[str | RelayUnavailable]:
+    """Submit every message at once (as many sessions would in one loop iteration) and
+    return what each was told, in submission order."""
+    results: list[str | RelayUnavailable | None] = [None] * len(msgs)
+    all_done = asyncio.get_running_loop().create_future()
+
+    def done_for(i: int) -> Callable[[str | RelayUnavailable], None]:
+        def done(result: str | RelayUnavailable) -> None:
+            assert results[i] is None, "told twice"
+            results[i] = result
+            if all(r is not None for r in results) and not all_done.done():
+                all_done.set_result(None)
+        return done
+
+    for i, msg in enumerate(msgs):
+        relay.submit(msg, done_for(i))
+    async with asyncio.timeout(TIMEOUT):
+        await all_done
+    return [r for r in results if r is not None]
+
+
+async def stream_texts(raw: Any, relay: Relay, room: str = "lobby") -> list[str]:
+    entries = await raw.xrange(relay.keys.history(room))
+    return [env.parse(fields[b"e"]).text for _, fields in entries]  # type: ignore[union-attr]
+
+
+async def test_messages_submitted_together_share_one_round_trip_in_order(
+        make_relay: Any, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    relay, _ = make_relay("n1")
+    await relay._load_scripts()
+    rounds = Rounds(relay, monkeypatch)
+    msgs = interleaved(says("ann", 20), says("bob", 20), says("cy", 20))
+    results = await submit_all(relay, msgs)
+    assert rounds.count == 1 and rounds.sizes == [60]
+    assert all(isinstance(r, str) for r in results)
+    ids = [tuple(map(int, str(r).split("-"))) for r in results]
+    assert ids == sorted(ids) and len(set(ids)) == 60  # ids follow submission order
+    assert await stream_texts(raw, relay) == [m.text for m in msgs]
+    assert relay.stats.published == 60
+
+
+async def test_messages_submitted_during_a_round_go_in_the_next(
+        make_relay: Any, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    relay, _ = make_relay("n1")
+    await relay._load_scripts()
+    rounds = Rounds(relay, monkeypatch)
+    first, later = says("ann", 3), says("bob", 5)
+    told: list[str | RelayUnavailable] = []
+    for m in first:
+        relay.submit(m, told.append)
+    await asyncio.sleep(0)  # a scheduling step: the first round is now in flight
+    results = await submit_all(relay, later)
+    assert all(isinstance(r, str) for r in results)
+    assert rounds.sizes == [3, 5]
+    assert await stream_texts(raw, relay) == [m.text for m in first + later]
+
+
+@pytest.mark.parametrize("how", ["before", "after"])
+async def test_a_failed_round_waits_in_the_outbox_and_is_published_once_in_order(
+        make_relay: Any, raw: Any, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """Redis unreachable before the round ran, or the round ran and its reply was lost:
+    either way every message is published exactly once, in order, with its first id."""
+    relay, _ = make_relay("n1")
+    await relay._load_scripts()
+    rounds = Rounds(relay, monkeypatch)
+    rounds.fail = [how, "before"]  # and the first retry fails too
+    msgs = interleaved(says("ann", 10), says("bob", 10))
+    results = await submit_all(relay, msgs)
+    assert all(isinstance(r, str) for r in results)
+    assert await stream_texts(raw, relay) == [m.text for m in msgs]
+    assert relay.stats.outboxed == 20 and relay.stats.outbox_refused == 0
+    assert rounds.count == 3
+    assert relay.stats.published == 20
+
+
+async def test_a_failed_round_without_an_outbox_refuses_each_message(
+        make_relay: Any, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    relay, _ = make_relay("n1", outbox_seconds=0)
+    await relay._load_scripts()
+    rounds = Rounds(relay, monkeypatch)
+    rounds.fail = ["before"]
+    results = await submit_all(relay, says("ann", 4))
+    assert all(isinstance(r, RelayUnavailable) for r in results)
+    assert all(isinstance(r.__cause__, RedisError) for r in results
+               if isinstance(r, RelayUnavailable))
+    assert await stream_texts(raw, relay) == []
+    assert relay.stats.outboxed == 0
+
+
+async def test_a_full_outbox_refuses_the_newest_messages_of_a_failed_round(
+        make_relay: Any, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    relay, _ = make_relay("n1", outbox_max=3)
+    await relay._load_scripts()
+    rounds = Rounds(relay, monkeypatch)
+    rounds.fail = ["before"]
+    msgs = says("ann", 5)
+    results = await submit_all(relay, msgs)
+    assert [isinstance(r, str) for r in results] == [True, True, True, False, False]
+    assert await stream_texts(raw, relay) == [m.text for m in msgs[:3]]
+    assert (relay.stats.outboxed, relay.stats.outbox_refused) == (3, 2)
+
+
+async def test_messages_held_in_the_outbox_expire_with_relay_unavailable(
+        make_relay: Any, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    relay, _ = make_relay("n1", outbox_seconds=0.05)
+    await relay._load_scripts()
+    rounds = Rounds(relay, monkeypatch)
+    rounds.fail = ["before"] * 1000
+    results = await submit_all(relay, says("ann", 3))
+    assert all(isinstance(r, RelayUnavailable) for r in results)
+    assert relay.stats.outbox_expired == 3
+    assert await stream_texts(raw, relay) == []
+
+
+async def test_a_message_redis_refuses_fails_alone(make_relay: Any, raw: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    relay, _ = make_relay("n1")
+    await relay._load_scripts()
+    rounds = Rounds(relay, monkeypatch)
+    await raw.set(relay.keys.history("broken"), "not a stream")  # XADD: WRONGTYPE
+    msgs = [*says("ann", 2), *says("ann", 1, room="broken"), *says("bob", 2)]
+    results = await submit_all(relay, msgs)
+    assert [isinstance(r, str) for r in results] == [True, True, False, True, True]
+    assert rounds.count == 1
+    assert await stream_texts(raw, relay) == ["ann 0", "ann 1", "bob 0", "bob 1"]
+
+
+async def test_a_redis_that_forgot_the_script_is_sent_it_again(
+        make_relay: Any, raw: Any) -> None:
+    relay, _ = make_relay("n1")
+    first = await relay.say(says("ann", 1)[0])
+    await raw.script_flush()
+    results = await submit_all(relay, says("bob", 3))
+    assert all(isinstance(r, str) and r > first for r in results)
+    assert await stream_texts(raw, relay) == ["ann 0", "bob 0", "bob 1", "bob 2"]
+
+
+async def test_a_round_carries_at_most_publish_batch_messages(
+        make_relay: Any, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    relay, _ = make_relay("n1", publish_batch=4)
+    await relay._load_scripts()
+    rounds = Rounds(relay, monkeypatch)
+    msgs = says("ann", 10)
+    results = await submit_all(relay, msgs)
+    assert all(isinstance(r, str) for r in results)
+    assert rounds.sizes == [4, 4, 2]
+    assert await stream_texts(raw, relay) == [m.text for m in msgs]
+
+
+async def test_a_round_that_fails_unexpectedly_answers_every_sender(
+        make_relay: Any, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in a round (not a Redis failure) must not leave its senders waiting."""
+    relay, _ = make_relay("n1")
+    await relay._load_scripts()
+    real = relay._redis.pipeline
+    calls = 0
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise KeyError("a bug")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(relay._redis, "pipeline", pipeline)
+    results = await submit_all(relay, says("ann", 3))
+    assert all(isinstance(r, RelayUnavailable) and isinstance(r.__cause__, KeyError)
+               for r in results)
+    assert relay.stats.outboxed == 0
+    assert isinstance(await relay.say(says("bob", 1)[0]), str)  # the next round works
+    assert await stream_texts(raw, relay) == ["bob 0"]

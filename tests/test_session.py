@@ -256,3 +256,122 @@ async def test_byte_at_a_time_gives_the_same_session() -> None:
     assert [line.split(":")[0] for line in direct] == [
         "* welcome carol — you are in #lobby on node n1; /help lists commands",
         "! bad-encoding", "! line-too-long", "* bye"]
+
+
+# --------------------------------------------------------------------------- hot path
+
+
+def say_ops(refs: range, room: str | None = None) -> bytes:
+    extra = f',"room":"{room}"' if room else ""
+    return b"".join(f'{{"op":"say","text":"line {r}","ref":{r}{extra}}}\n'.encode()
+                    for r in refs)
+
+
+class CountingTransport:
+    """Wraps a session's transport and counts its writes."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        self.inner.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def only_session(node: ChatNode, nick: str) -> Any:
+    (session,) = [s for s in node.sessions if s.nick == nick]
+    return session
+
+
+async def test_lines_sent_together_share_round_trips_and_are_acked_in_order(
+        fake_server: fakeredis.FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running_node(fake_server) as node:
+        alice = await JsonClient.connect(port(node))
+        await alice.op("hello", nick="alice")
+        await alice.event("join", nick="alice")
+        rounds = 0
+        real = node.relay._redis.pipeline
+
+        def pipeline(*args: Any, **kwargs: Any) -> Any:
+            nonlocal rounds
+            rounds += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(node.relay._redis, "pipeline", pipeline)
+        await alice.send(say_ops(range(100)))
+        acks = [await alice.event("ack") for _ in range(100)]
+        assert [a["ref"] for a in acks] == list(range(100))
+        ids = [tuple(map(int, a["id"].split("-"))) for a in acks]
+        assert ids == sorted(ids)
+        assert rounds < 10  # one round trip for every line that arrived together
+        history = await node.relay.history("lobby", 200)
+        assert [m.text for m in history] == [f"line {i}" for i in range(100)]
+
+
+async def test_replies_keep_the_order_of_the_commands(fake_server: fakeredis.FakeServer
+                                                      ) -> None:
+    """Says in flight are answered before a later refusal or reply, in order."""
+    async with running_node(fake_server) as node:
+        alice = await JsonClient.connect(port(node))
+        await alice.op("hello", nick="alice")
+        await alice.event("join", nick="alice")
+        await alice.send(say_ops(range(1, 3)) + say_ops(range(3, 4), room="nowhere")
+                         + say_ops(range(4, 6)) + b'{"op":"ping","ref":6}\n'
+                         + say_ops(range(7, 8)))
+        replies: list[tuple[str, Any]] = []
+        while len(replies) < 7:
+            ev = await alice.event()
+            if ev["ev"] in ("ack", "error", "pong"):
+                replies.append((ev["ev"], ev["ref"]))
+        assert replies == [("ack", 1), ("ack", 2), ("error", 3), ("ack", 4), ("ack", 5),
+                           ("pong", 6), ("ack", 7)]
+
+
+async def test_events_of_one_loop_iteration_are_one_write(fake_server: fakeredis.FakeServer
+                                                          ) -> None:
+    from node.model import Notice
+
+    async with node_with_observer(fake_server) as (node, bob):
+        session = only_session(node, "bob")
+        counting = CountingTransport(session.transport)
+        session.transport = counting
+        for i in range(200):
+            node._fan_out(Notice(f"event {i}"), [session])
+        assert counting.writes == []  # queued; written once at the end of the iteration
+        for i in range(200):
+            assert await bob.expect("*") == f"* event {i}"
+        assert len(counting.writes) == 1
+        assert counting.writes[0].count(b"\n") == 200
+
+
+async def test_a_large_burst_is_handed_over_early_and_is_no_slow_reader(
+        fake_server: fakeredis.FakeServer) -> None:
+    """A burst bigger than the send queue, in one iteration, to a client that reads:
+    it goes to the socket as it comes, so the client is not taken for a slow reader."""
+    from node.model import Notice
+
+    async with node_with_observer(fake_server, send_queue_bytes=64 * 1024,
+                                  send_queue_lines=100) as (node, bob):
+        session = only_session(node, "bob")
+        counting = CountingTransport(session.transport)
+        session.transport = counting
+        text = "x" * 1000
+        for i in range(300):  # ~300 KB, 300 lines
+            node._fan_out(Notice(f"{i} {text}"), [session])
+        for i in range(300):
+            assert (await bob.expect("*")).startswith(f"* {i} x")
+        assert node.stats.slow_consumers == 0
+        assert 300 // 50 <= len(counting.writes) < 300
+
+
+async def test_a_connection_costs_one_task(fake_server: fakeredis.FakeServer) -> None:
+    async with node_with_observer(fake_server) as (node, _):
+        before = len(asyncio.all_tasks())
+        clients = [await LineClient.connect(port(node)) for _ in range(10)]
+        for c in clients:
+            await c.expect("* GET_NAME")
+        assert len(asyncio.all_tasks()) - before == 10
