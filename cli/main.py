@@ -99,6 +99,11 @@ def node(
                                ] = _DEFAULTS.keepalive_count,
     redis_timeout: Annotated[float, _opt("REDIS_TIMEOUT", "Seconds any Redis command may take.")
                              ] = _DEFAULTS.redis_timeout,
+    redis_pool: Annotated[int, _opt("REDIS_POOL", "Connections to Redis at most.")
+                          ] = _DEFAULTS.redis_pool,
+    redis_pool_wait: Annotated[float, _opt(
+        "REDIS_POOL_WAIT", "Seconds a command waits for a free connection when all are busy.")
+        ] = _DEFAULTS.redis_pool_wait,
     shutdown_grace: Annotated[float, _opt(
         "SHUTDOWN_GRACE", "Seconds sessions get to finish when the node stops.")
                               ] = _DEFAULTS.shutdown_grace,
@@ -192,7 +197,8 @@ def node(
             conn_rate_per_ip=conn_rate_per_ip, conn_burst_per_ip=conn_burst_per_ip,
             keepalive_idle=keepalive_idle, keepalive_interval=keepalive_interval,
             keepalive_count=keepalive_count,
-            redis_timeout=redis_timeout, shutdown_grace=shutdown_grace, http_host=http_host,
+            redis_timeout=redis_timeout, redis_pool=redis_pool,
+            redis_pool_wait=redis_pool_wait, shutdown_grace=shutdown_grace, http_host=http_host,
             http_port=http_port, ready_window=ready_window, allow_eviction=allow_eviction,
             outbox_seconds=outbox_seconds, outbox_max=outbox_max, publish_batch=publish_batch,
             tls_cert=tls_cert, tls_key=tls_key, tls_port=tls_port,

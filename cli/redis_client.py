@@ -15,13 +15,14 @@ __all__ = ["connect_redis"]
 
 
 def connect_redis(url: str, timeout: float, max_connections: int = 64,
-                  ca: str | None = None) -> Redis:
+                  ca: str | None = None, pool_wait: float | None = None) -> Redis:
     """A client that fails fast: every command is bounded by ``timeout`` and a timeout is
     never retried (the relay has its own backoff), so a hung Redis never hangs a node.  A
     broken connection is retried once at once: a pooled connection that died while idle
     (Redis restarted, or closed it) costs one reconnect, not a failed command.  The pool
-    is bounded and *waits* for a free connection (a burst of registrations queues up
-    instead of failing with "too many connections").
+    is bounded and *waits* up to ``pool_wait`` (default: ``timeout``) for a free
+    connection (a burst of registrations queues up instead of failing with "too many
+    connections").
 
     The URL carries the credentials: ``redis://USER:PASSWORD@host:6379/0`` (an ACL user;
     ``redis://:PASSWORD@…`` for the default user).  ``rediss://`` speaks TLS 1.2 or later
@@ -34,7 +35,8 @@ def connect_redis(url: str, timeout: float, max_connections: int = 64,
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
-        timeout=timeout,  # wait this long for a free connection instead of failing at once
+        # wait this long for a free connection instead of failing at once
+        timeout=timeout if pool_wait is None else pool_wait,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),

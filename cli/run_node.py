@@ -21,7 +21,8 @@ log = structlog.get_logger("hubbub.cli")
 
 
 async def _main(config: NodeConfig) -> None:
-    redis = connect_redis(config.redis_url, config.redis_timeout, ca=config.redis_ca or None)
+    redis = connect_redis(config.redis_url, config.redis_timeout, config.redis_pool,
+                          ca=config.redis_ca or None, pool_wait=config.redis_pool_wait)
     node = ChatNode(config, redis)
     loop = asyncio.get_running_loop()
     signals = 0

@@ -81,6 +81,11 @@ class NodeConfig:
     within idle + interval x count seconds (60 by default)."""
     redis_timeout: float = 2.0
     """Seconds a Redis command may take before it fails (a hung Redis never hangs us)."""
+    redis_pool: int = 64
+    """Connections to Redis a node opens at most (its pub/sub connection aside)."""
+    redis_pool_wait: float = 5.0
+    """Seconds a command waits for a free pooled connection when all are busy (a
+    reconnect storm queues up instead of failing); then it fails as relay-unavailable."""
     shutdown_grace: float = 10.0
     """Seconds a shutting-down node waits for sessions to finish before cancelling them."""
     reconnect_min: float = 0.1
@@ -169,8 +174,10 @@ class NodeConfig:
                 problems.append(f"{name.replace('_', ' ')} must be positive")
         if self.outbox_seconds < 0:
             problems.append("outbox seconds must not be negative")
+        if self.redis_pool_wait < 0:
+            problems.append("redis pool wait must not be negative")
         for name in ("send_queue_bytes", "send_queue_lines", "history_max", "history_default",
-                     "history_limit", "backlog", "publish_batch"):
+                     "history_limit", "backlog", "publish_batch", "redis_pool"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.replace('_', ' ')} must be at least 1")
         for name in ("rate", "flood_disconnect", "max_connections", "max_per_ip",

@@ -17,6 +17,7 @@ import time
 import pytest
 
 from cli.cluster import free_port
+from node.names import fold_nick
 
 from ..helpers import text_user, wait_until
 from ..integration.procs import redis_server
@@ -130,9 +131,10 @@ async def test_redis_killed_and_restarted_empty_nobody_reconnects() -> None:
             leases = {n: await r.get(f"hubbub:{{nicks}}:lease:{n}") for n in online}
             ttls = [await r.pttl(f"hubbub:{{nicks}}:lease:{n}") for n in online]
             lobby = set(await r.hkeys("hubbub:{room:lobby}:members"))
-        everyone = {f"user{i}" for i in range(6)} | {"alice", "alice_2"}
-        where = {"alice": "r2", "alice_2": "r1"} | {
-            f"user{i}": f"r{i % 3 + 1}" for i in range(6)}
+        # Redis keeps the folded names (look-alike skeletons: "user1" is "userl" there)
+        everyone = {fold_nick(n) for n in [f"user{i}" for i in range(6)] + ["alice", "alice_2"]}
+        where = {fold_nick(n): node for n, node in ({"alice": "r2", "alice_2": "r1"} | {
+            f"user{i}": f"r{i % 3 + 1}" for i in range(6)}).items()}
         assert online == everyone and lobby == everyone
         assert {n: (t or "").split("/")[0] for n, t in leases.items()} == where
         assert all(0 < t <= TTL * 1000 for t in ttls)
