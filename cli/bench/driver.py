@@ -81,6 +81,8 @@ class BenchConfig:
             raise ValueError("at least one worker")
         if self.rooms < 1 or (self.clients and self.rooms > self.clients // 2):
             raise ValueError("rooms must be between 1 and clients / 2 (two members each)")
+        if self.profile == "plain" and self.rooms != 1:
+            raise ValueError("the baseline servers (--plain) have one room")
         if self.rate < 0 or self.duration <= 0 or self.ramp_factor <= 1:
             raise ValueError("rate >= 0, duration > 0, ramp factor > 1")
 
