@@ -96,6 +96,13 @@ async def measure(quick: bool, only: set[str]) -> dict[str, Any]:
             for kind in SERVERS:
                 out["throughput"][f"{kind}/{c}"] = await _bench(
                     kind, _ramp(c, quick), f"throughput {kind} C={c}")
+    if "latency" in only:
+        # a fixed 50,000 deliveries/s: 100 clients in one room, 99 receivers per message
+        out["latency"] = {}
+        fixed = BenchConfig(targets=(("127.0.0.1", 0),), clients=100, rate=50_000 / 99,
+                            duration=4.0 if quick else 8.0, warmup=0.5, drain_within=3.0)
+        for kind in SERVERS:
+            out["latency"][kind] = await _bench(kind, fixed, f"latency {kind} at 50k/s")
     if "isolation" in only:
         out["isolation"] = {}
         base = BenchConfig(targets=(("127.0.0.1", 0),), clients=20, rate=1000, size=1000,
@@ -208,6 +215,26 @@ def tables(out: dict[str, Any]) -> str:
                 f"| {_ms(s and s['p50_ms'])} | {_ms(s and s['p99_ms'])} "
                 f"| {_n(s and s['gen_cpu_pct'])} | {cpu} | {_fail(r)} |")
         lines.append("")
+    if "latency" in out:
+        lines += ["### Latency at a fixed 50,000 deliveries/s", "",
+                  "100 clients in one room (hubbub: over 2 nodes, so most deliveries cross "
+                  "nodes), 505 msg/s in total.", "",
+                  "| server | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | lost "
+                  "| corrupted |", "|---|--:|--:|--:|--:|--:|--:|--:|"]
+        p99: dict[str, float] = {}
+        for kind, r in out["latency"].items():
+            s = r["steps"][0] if r.get("steps") else None
+            if s and s.get("p99_ms") is not None:
+                p99[kind] = s["p99_ms"]
+            lines.append(
+                f"| {kind} | {_n(s and s['deliveries_per_s'])} | {_ms(s and s['p50_ms'])} "
+                f"| {_ms(s and s['p99_ms'])} | {_ms(s and s.get('p999_ms'))} "
+                f"| {_ms(s and s['max_ms'])} | {_n(s and s['lost'])} "
+                f"| {_n(s and s['corrupted'])} |")
+        if "hubbub" in p99 and p99.get("ceiling"):
+            lines += ["", f"hubbub's p99 is {p99['hubbub'] / p99['ceiling']:.1f}x the "
+                      "ceiling's at the same load."]
+        lines.append("")
     if "isolation" in out:
         lines += ["### Isolation: one client that never reads", "",
                   "20 clients, 1000-byte messages, 1000 msg/s in total; the never-reading "
@@ -282,7 +309,7 @@ def main(argv: list[str] | None = None,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="smaller and shorter (a smoke test, not figures to publish)")
-    ap.add_argument("--only", default="throughput,isolation,idle,rooms,nodes",
+    ap.add_argument("--only", default="throughput,latency,isolation,idle,rooms,nodes",
                     help="comma-separated parts to run")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "PERFORMANCE.md")
     ap.add_argument("--no-write", action="store_true", help="print, do not edit the doc")
