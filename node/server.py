@@ -85,6 +85,8 @@ class ChatNode:
         self._subs: dict[str, asyncio.Task[None]] = {}
         self._conn_tasks: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self._to_flush: list[Session] = []
+        """Sessions with output queued in this loop iteration (see flush_soon)."""
         self._stopping = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._tls_server: asyncio.Server | None = None
@@ -171,6 +173,22 @@ class ChatNode:
             fatal = failure.subgroup(RedisMisconfigured)
             if fatal is not None:
                 raise fatal.exceptions[0]
+
+    def flush_soon(self, session: Session) -> None:
+        """Write ``session``'s queued output at the end of this loop iteration.  One
+        callback flushes every session that got output in the iteration (a message to a
+        room of 500 schedules one callback, not 500)."""
+        if not self._to_flush:
+            asyncio.get_running_loop().call_soon(self._flush_all)
+        self._to_flush.append(session)
+
+    def _flush_all(self) -> None:
+        sessions, self._to_flush = self._to_flush, []
+        for session in sessions:
+            try:
+                session.flush_scheduled()
+            except Exception:  # one broken transport must not keep the others' output
+                log.exception("flushing a session failed", conn=session.sid)
 
     def on_connection(self, session: Session) -> None:
         """A client connected (called by its protocol): admit it and start its task."""

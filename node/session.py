@@ -290,9 +290,10 @@ class Session(asyncio.Protocol):
             self._flush()
         elif not self._flush_soon:
             self._flush_soon = True
-            self._loop.call_soon(self._flush_scheduled)
+            self.node.flush_soon(self)
 
-    def _flush_scheduled(self) -> None:
+    def flush_scheduled(self) -> None:
+        """The node's end-of-iteration flush (see :meth:`ChatNode.flush_soon`)."""
         self._flush_soon = False
         self._flush()
 

@@ -348,6 +348,32 @@ async def test_events_of_one_loop_iteration_are_one_write(fake_server: fakeredis
         assert counting.writes[0].count(b"\n") == 200
 
 
+async def test_output_to_many_sessions_is_flushed_by_one_callback(
+        fake_server: fakeredis.FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message to a room of many schedules one end-of-iteration flush for them all,
+    not one callback per recipient."""
+    from node.model import Notice
+
+    async with running_node(fake_server) as node:
+        clients = [await text_user(port(node), f"u{i}") for i in range(20)]
+        sessions = [only_session(node, f"u{i}") for i in range(20)]
+        scheduled = 0
+        real = asyncio.get_running_loop().call_soon
+
+        def call_soon(callback: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal scheduled
+            if "flush" in getattr(callback, "__name__", ""):
+                scheduled += 1
+            return real(callback, *args, **kwargs)
+
+        monkeypatch.setattr(asyncio.get_running_loop(), "call_soon", call_soon)
+        node._fan_out(Notice("to everyone"), sessions)
+        monkeypatch.undo()
+        assert scheduled == 1
+        for c in clients:
+            assert await c.expect("* to everyone") == "* to everyone"
+
+
 async def test_a_large_burst_is_handed_over_early_and_is_no_slow_reader(
         fake_server: fakeredis.FakeServer) -> None:
     """A burst bigger than the send queue, in one iteration, to a client that reads:
