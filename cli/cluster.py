@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,8 +27,22 @@ import typer
 __all__ = ["free_port", "run_cluster", "start_redis_server", "wait_for_port"]
 
 
+LISTEN_PORTS = range(20000, 32000)
+"""Where free listening ports are picked: below Linux's ephemeral range (32768-60999), so
+an outgoing connection (a node's Redis pool, say) cannot take a port between the moment
+it is found free and the moment a server binds it."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    """A port nothing listens on right now, outside the ephemeral range if possible."""
+    for port in random.sample(LISTEN_PORTS, 50):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # that range is crowded: let the kernel choose
         s.bind((host, 0))
         return int(s.getsockname()[1])
 

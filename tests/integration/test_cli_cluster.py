@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import sys
 
 import pytest
+
+from cli.cluster import LISTEN_PORTS
 
 from ..helpers import text_user
 from .procs import Proc, require_binary
@@ -16,12 +19,9 @@ from .procs import Proc, require_binary
 
 def consecutive_free_ports(n: int) -> int:
     """A base port such that base .. base+n-1 are all free right now."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + n > 65535:
-            continue
+    # below the ephemeral range: a node's outgoing connections cannot take these ports
+    # between this check and the nodes binding them
+    for base in random.sample(LISTEN_PORTS, 50):
         try:
             socks = []
             for p in range(base, base + n):
