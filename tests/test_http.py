@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import aiohttp
@@ -40,6 +41,8 @@ async def test_health_ready_and_metrics(fake_server: fakeredis.FakeServer) -> No
         assert "hubbub_publish_seconds_count 1.0" in text
         assert "hubbub_canary_rtt_seconds_count" in text
         assert "hubbub_ready 1.0" in text
+        if sys.platform == "linux":  # the process collector reads /proc
+            assert "process_resident_memory_bytes" in text
 
 
 async def _ready(port: int) -> tuple[int, str] | None:
