@@ -79,14 +79,21 @@ def node(
         "MAX_CONNECTIONS", "Open client connections per node (0: only the open-file limit "
         "minus 64).")] = _DEFAULTS.max_connections,
     max_per_ip: Annotated[int, _opt(
-        "MAX_PER_IP", "Open connections from one IPv4 address or IPv6 /64 (0: no cap; use "
-        "0 behind a proxy that hides client addresses).")] = _DEFAULTS.max_per_ip,
+        "MAX_PER_IP", "Open connections from one IPv4 address or IPv6 /64 (0: no cap; "
+        "behind a load balancer, see --proxy-from).")] = _DEFAULTS.max_per_ip,
     conn_rate_per_ip: Annotated[float, _opt(
         "CONN_RATE_PER_IP", "New connections per second from one address (0: no cap).")
                                 ] = _DEFAULTS.conn_rate_per_ip,
     conn_burst_per_ip: Annotated[int, _opt(
         "CONN_BURST_PER_IP", "New connections from one address at once before "
         "--conn-rate-per-ip applies.")] = _DEFAULTS.conn_burst_per_ip,
+    proxy_from: Annotated[str, _opt(
+        "PROXY_FROM", "Comma-separated addresses or networks of load balancers that send a "
+        "PROXY protocol header (v1 or v2) with the client's address; required from them, "
+        "ignored from others (default: none).", show_default=False)] = "",
+    proxy_timeout: Annotated[float, _opt(
+        "PROXY_TIMEOUT", "Seconds a load balancer's connection has to send its PROXY "
+        "header.")] = _DEFAULTS.proxy_timeout,
     keepalive_idle: Annotated[int, _opt(
         "KEEPALIVE_IDLE", "Seconds of silence before TCP keepalive probes a client (0: "
         "off); a dead client is dropped after idle + interval x count.")
@@ -195,8 +202,9 @@ def node(
             rate=rate, burst=burst, flood_disconnect=flood_disconnect,
             max_connections=max_connections, max_per_ip=max_per_ip,
             conn_rate_per_ip=conn_rate_per_ip, conn_burst_per_ip=conn_burst_per_ip,
-            keepalive_idle=keepalive_idle, keepalive_interval=keepalive_interval,
-            keepalive_count=keepalive_count,
+            proxy_from=tuple(n.strip() for n in proxy_from.split(",") if n.strip()),
+            proxy_timeout=proxy_timeout, keepalive_idle=keepalive_idle,
+            keepalive_interval=keepalive_interval, keepalive_count=keepalive_count,
             redis_timeout=redis_timeout, redis_pool=redis_pool,
             redis_pool_wait=redis_pool_wait, shutdown_grace=shutdown_grace, http_host=http_host,
             http_port=http_port, ready_window=ready_window, allow_eviction=allow_eviction,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -72,6 +73,12 @@ class NodeConfig:
     """New connections per second from one address (0: no cap)."""
     conn_burst_per_ip: int = 40
     """New connections from one address at once before ``conn_rate_per_ip`` applies."""
+    proxy_from: tuple[str, ...] = ()
+    """Addresses or networks of load balancers whose connections to the plaintext chat
+    port start with a PROXY protocol header (v1 or v2) giving the client's address; from
+    them the header is required (empty: no PROXY protocol)."""
+    proxy_timeout: float = 5.0
+    """Seconds a trusted proxy's connection has to deliver its PROXY header."""
     keepalive_idle: int = 30
     """Seconds of silence before TCP keepalive probes a client (0: no keepalive)."""
     keepalive_interval: int = 10
@@ -187,6 +194,7 @@ class NodeConfig:
         for name in ("burst", "conn_burst_per_ip", "keepalive_interval", "keepalive_count"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.replace('_', ' ')} must be at least 1")
+        problems.extend(self._proxy_problems())
         problems.extend(self._auth_problems())
         problems.extend(self._tls_problems())
         if problems:
@@ -208,6 +216,20 @@ class NodeConfig:
         for name in ("login_fail_window", "ban_duration", "mute_duration"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.replace('_', ' ')} must be at least 1 second")
+        return problems
+
+    def _proxy_problems(self) -> list[str]:
+        problems = []
+        for net in self.proxy_from:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                problems.append(f"proxy from: {net!r} is not an address or network")
+        if self.proxy_timeout <= 0:
+            problems.append("proxy timeout must be positive")
+        if self.proxy_from and self.tls_cert and not self.tls_port:
+            problems.append("proxy from needs a plaintext chat port: with TLS on --port, "
+                            "set --tls-port for TLS and keep --port plaintext")
         return problems
 
     def _tls_problems(self) -> list[str]:

@@ -11,7 +11,8 @@
     │   ├── BadRoom                  ``bad-room``
     │   ├── EmptyText                ``empty-text``
     │   └── FatalProtocolError       the connection must close
-    │       └── BufferOverflow       ``buffer-overflow`` (no newline within the hard limit)
+    │       ├── BufferOverflow       ``buffer-overflow`` (no newline within the hard limit)
+    │       └── BadProxyHeader       ``bad-proxy-header`` (a trusted proxy's header is bad)
     ├── CommandError                 a well-formed command that cannot be carried out
     │   ├── NickTaken                ``nick-taken``
     │   ├── NoSuchNick               ``no-such-nick``
@@ -52,6 +53,7 @@ __all__ = [
     "BadEncoding",
     "BadJson",
     "BadNick",
+    "BadProxyHeader",
     "BadRoom",
     "Banned",
     "BufferOverflow",
@@ -147,6 +149,14 @@ class FatalProtocolError(ProtocolError):
 class BufferOverflow(FatalProtocolError):
     code = "buffer-overflow"
     default_text = "too much data without a newline; closing"
+
+
+class BadProxyHeader(FatalProtocolError):
+    """A connection from a trusted proxy did not start with a valid PROXY protocol header
+    (nothing is sent back: the peer is a load balancer, not a chat client)."""
+
+    code = "bad-proxy-header"
+    default_text = "bad PROXY protocol header"
 
 
 class CommandError(HubbubError):

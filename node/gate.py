@@ -8,6 +8,11 @@ Theory of operation
   and counted in ``NodeStats.refused`` by reason.  Refusals are logged at most once per
   reason every :data:`LOG_EVERY` seconds, with the count since: a connection flood must
   not become a log flood.
+* A connection from a trusted load balancer (``--proxy-from``) is admitted only once its
+  PROXY protocol header (:mod:`node.proxyproto`) has told the client's address: every
+  limit, ban and log line then applies to the client, not to the balancer.  A missing,
+  malformed or late header closes the connection without a word (the peer is the
+  balancer) and counts as refused, reason ``proxy-header``.
 * An admitted TCP socket gets keepalive (:func:`~node.limits.set_keepalive`) so a client
   whose connection silently died is dropped, and its name freed, within
   ``keepalive_idle + keepalive_interval x keepalive_count`` seconds.
@@ -26,6 +31,7 @@ Theory of operation
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,7 +46,7 @@ if TYPE_CHECKING:
     from .config import NodeConfig
     from .server import NodeStats
 
-__all__ = ["ACCEPT_ERROR", "LOG_EVERY", "RESUMED_AFTER", "Gate", "open_file_limit"]
+__all__ = ["ACCEPT_ERROR", "LOG_EVERY", "RESUMED_AFTER", "Gate", "open_file_limit", "peer_host"]
 
 log = structlog.get_logger("hubbub.gate")
 
@@ -76,7 +82,8 @@ class Connection(Protocol):
     def close(self) -> None: ...
 
 
-def _host(writer: Connection) -> str:
+def peer_host(writer: Connection) -> str:
+    """The connection's peer address ("" if it has none)."""
     peer = writer.get_extra_info("peername")
     return str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
@@ -89,6 +96,7 @@ class Gate:
         self.stats = stats
         self.limiter = ConnectionLimiter(config.max_connections, config.max_per_ip,
                                          config.conn_rate_per_ip, config.conn_burst_per_ip)
+        self.proxies = tuple(ipaddress.ip_network(n, strict=False) for n in config.proxy_from)
         self.paused_since: float | None = None
         """Loop time at which accepting failed for want of descriptors; None: accepting."""
         self._accept_failed_at = 0.0
@@ -124,27 +132,45 @@ class Gate:
 
     # ------------------------------------------------------------------ connections
 
-    def admit(self, writer: Connection) -> bool:
-        """Let a new connection in (True), or refuse it with a reason and close it."""
+    def trusted(self, host: str) -> bool:
+        """Is ``host`` a load balancer whose connections start with a PROXY header?"""
+        if not self.proxies:
+            return False
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.proxies)
+
+    def refuse_proxied(self, writer: Connection, why: str) -> None:
+        """A trusted proxy's connection sent no valid PROXY header in time: close it."""
+        writer.close()
+        self._count_refusal("proxy-header", peer_host(writer), why)
+
+    def admit(self, writer: Connection, host: str) -> bool:
+        """Let a new connection from ``host`` (the client's address: the peer's, or the one
+        its load balancer's PROXY header gave) in (True), or refuse it with a reason and
+        close it."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self.paused_since is not None and now - self._accept_failed_at >= RESUMED_AFTER:
             log.warning("accept resumed", paused_for=round(now - self.paused_since, 3))
             self.paused_since = None
-        reason = self.limiter.admit(_host(writer), now)
+        reason = self.limiter.admit(host, now)
         if reason is not None:
-            self._refuse(writer, reason, now)
+            self._refuse(writer, reason, host)
             return False
         if self.config.keepalive_idle:
             self._keepalive(writer)
         return True
 
-    def release(self, writer: Connection) -> None:
-        """An admitted connection has closed."""
-        self.limiter.release(_host(writer))
+    def release(self, host: str) -> None:
+        """A connection admitted from ``host`` has closed."""
+        self.limiter.release(host)
 
-    def _refuse(self, writer: Connection, reason: str, now: float) -> None:
-        self.stats.refused[reason] += 1
+    def _refuse(self, writer: Connection, reason: str, host: str) -> None:
         cfg = self.config
         text = {
             "node-full": f"this node is full ({self.limiter.max_total} connections); "
@@ -156,11 +182,16 @@ class Gate:
         }[reason]
         writer.write(TEXT.render(Error(TooManyConnections.code, text)))
         writer.close()  # the line is flushed first; nothing is awaited
+        self._count_refusal(reason, host)
+
+    def _count_refusal(self, reason: str, host: str, why: str = "") -> None:
+        self.stats.refused[reason] += 1
+        now = asyncio.get_running_loop().time()
         when, count = self._logged.get(reason, (None, 0))
         if when is None or now - when >= LOG_EVERY:
             total = self.stats.refused[reason]
             log.warning("connections refused", reason=reason, count=total - count,
-                        peer=_host(writer))
+                        peer=host, **({"why": why} if why else {}))
             self._logged[reason] = (now, total)
 
     def _keepalive(self, writer: Connection) -> None:

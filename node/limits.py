@@ -44,7 +44,7 @@ __all__ = [
     "set_keepalive",
 ]
 
-REFUSALS = ("node-full", "per-ip", "ip-rate")
+REFUSALS = ("node-full", "per-ip", "ip-rate", "proxy-header")
 """Why :meth:`ConnectionLimiter.admit` refuses: the node's total cap, the per-address
 cap of open connections, the per-address rate of new connections."""
 

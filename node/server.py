@@ -128,9 +128,11 @@ class ChatNode:
         """A listener on ``port``: plaintext, or TLS with a bounded handshake (a client that
         stalls in it, or speaks plaintext, is dropped and never becomes a session)."""
         cfg = self.config
+        proxied = bool(cfg.proxy_from) and tls is None  # PROXY headers: plaintext only
         return await asyncio.get_running_loop().create_server(
-            lambda: Session(self), cfg.host, port, backlog=cfg.backlog, reuse_address=True,
-            ssl=tls, ssl_handshake_timeout=cfg.tls_handshake_timeout if tls else None)
+            lambda: Session(self, proxied=proxied), cfg.host, port, backlog=cfg.backlog,
+            reuse_address=True, ssl=tls,
+            ssl_handshake_timeout=cfg.tls_handshake_timeout if tls else None)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -199,7 +201,7 @@ class ChatNode:
             # its transport is closed already and knows no peer any more)
             transport.close()
             return
-        if not self.gate.admit(transport):
+        if not self.gate.admit(transport, session.host):
             return
         session.task = asyncio.create_task(self._serve(session, transport))
 
@@ -220,7 +222,7 @@ class ChatNode:
             self.sessions.discard(session)
             self.by_sid.pop(session.sid, None)
             self._conn_tasks.discard(task)
-            self.gate.release(transport)
+            self.gate.release(session.host)
 
     # ------------------------------------------------------------------ names
 

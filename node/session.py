@@ -32,8 +32,10 @@ from typing import TYPE_CHECKING, cast
 import structlog
 
 from . import envelope as env
+from . import proxyproto
 from .errors import (
     BadArguments,
+    BadProxyHeader,
     FatalProtocolError,
     HubbubError,
     NotInRoom,
@@ -140,7 +142,8 @@ class Session(asyncio.Protocol):
     """A connected client: the listener's protocol, driven by :class:`~node.server.ChatNode`
     (which starts :meth:`run` once the connection is admitted)."""
 
-    def __init__(self, node: ChatNode) -> None:
+    def __init__(self, node: ChatNode, *, proxied: bool = False) -> None:
+        """``proxied``: the listener takes PROXY headers from trusted load balancers."""
         cfg = node.config
         self._loop = asyncio.get_running_loop()
         self.node = node
@@ -178,8 +181,14 @@ class Session(asyncio.Protocol):
         self._said: deque[_Said] = deque()
         """Messages submitted for publishing whose reply is not sent yet, oldest first."""
         self._all_said: asyncio.Future[None] | None = None
+        self.host = ""
+        """The client's address: the peer's, or the one its load balancer's PROXY header
+        gave (limits, bans and logs use it)."""
         self.ip = "?"
         """The unit bans and login throttles count: an IPv4 address or an IPv6 /64."""
+        self._proxied = proxied
+        self._proxy_header: bytearray | None = None  # a trusted proxy's header, being read
+        self._proxy_timer: asyncio.TimerHandle | None = None
         self.authed = cfg.auth != "token"
         """Token mode: the access token was given (always True in other modes)."""
         self.account: str | None = None
@@ -192,13 +201,61 @@ class Session(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.ip = ip_key(str(peer[0])) if isinstance(peer, tuple) else str(peer)
+        self._set_peer(transport.get_extra_info("peername"))
         self.transport.set_write_buffer_limits(high=_HIGH_WATER)
+        if self._proxied and self.node.gate.trusted(self.host):
+            # admitted once the header says who the client is (node/gate.py)
+            self._proxy_header = bytearray()
+            self._proxy_timer = self._loop.call_later(self.node.config.proxy_timeout,
+                                                      self._proxy_late)
+            return
         self.node.on_connection(self)
 
+    def _set_peer(self, peer: object) -> None:
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.host = str(peer[0])
+            self.peer = f"{peer[0]}:{peer[1]}"
+            self.ip = ip_key(self.host)
+        else:
+            self.host = self.peer = self.ip = str(peer)
+
+    def _proxy_data(self, data: bytes) -> None:
+        assert self._proxy_header is not None
+        self._proxy_header += data
+        try:
+            header = proxyproto.parse(bytes(self._proxy_header))
+        except BadProxyHeader as exc:
+            self._proxy_refused(str(exc))
+            return
+        if header is None:
+            return
+        rest = bytes(self._proxy_header[header.length:])
+        self._proxy_done()
+        if header.source is not None:
+            self._set_peer(header.source)
+        self.node.on_connection(self)
+        if rest and self.task is not None:  # admitted: the client's own first bytes
+            self.data_received(rest)
+
+    def _proxy_late(self) -> None:
+        if self._proxy_header is not None:
+            self._proxy_refused(f"no PROXY header within {self.node.config.proxy_timeout:g} s")
+
+    def _proxy_refused(self, why: str) -> None:
+        self._proxy_done()
+        assert self.transport is not None
+        self.node.gate.refuse_proxied(self.transport, why)
+
+    def _proxy_done(self) -> None:
+        self._proxy_header = None
+        if self._proxy_timer is not None:
+            self._proxy_timer.cancel()
+            self._proxy_timer = None
+
     def data_received(self, data: bytes) -> None:
+        if self._proxy_header is not None:
+            self._proxy_data(data)
+            return
         self._inbox.append(data)
         self._inbox_size += len(data)
         if self._inbox_size >= _READ_AHEAD and not self._reading_paused:
@@ -214,6 +271,7 @@ class Session(asyncio.Protocol):
         return True  # keep the socket open for writing: the replies still go out
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._proxy_done()
         if exc is not None and self.close_reason == "connection closed":
             self.close_reason = "connection lost"
         self._eof = True

@@ -62,9 +62,13 @@ class LineClient:
 
     @classmethod
     async def connect(cls, port: int, host: str = "127.0.0.1",
-                      rcvbuf: int | None = None) -> Self:
-        """Connect; ``rcvbuf`` shrinks the socket's receive buffer (a slow reader)."""
+                      rcvbuf: int | None = None, source: str | None = None) -> Self:
+        """Connect; ``rcvbuf`` shrinks the socket's receive buffer (a slow reader);
+        ``source`` binds the socket to that address first (any 127.x.y.z works on Linux
+        loopback: tests use them as different client addresses)."""
         sock = socket.socket()
+        if source is not None:
+            sock.bind((source, 0))
         if rcvbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.setblocking(False)

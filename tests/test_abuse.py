@@ -22,12 +22,7 @@ def port(node: ChatNode) -> int:
 
 async def connect_from(source: str, node: ChatNode) -> LineClient:
     """A client whose socket is bound to ``source`` before connecting."""
-    sock = socket.socket()
-    sock.bind((source, 0))
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port(node)))
-    reader, writer = await asyncio.open_connection(sock=sock)
-    return LineClient(reader, writer)
+    return await LineClient.connect(port(node), source=source)
 
 
 async def refused(client: LineClient) -> str:
@@ -110,7 +105,8 @@ async def test_per_ip_cap_refuses_with_a_reason_while_another_address_gets_in(
         await other.expect("* GET_NAME")
         await other.send("dora")
         await other.expect("* welcome dora")
-        assert node.stats.refused == {"node-full": 0, "per-ip": 1, "ip-rate": 0}
+        assert node.stats.refused == {"node-full": 0, "per-ip": 1, "ip-rate": 0,
+                                      "proxy-header": 0}
         # a closed connection frees its place
         await held[0].send("/quit")
         await held[0].closed()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -49,12 +48,7 @@ def port(node: ChatNode) -> int:
 
 async def connect_from(source: str, to_port: int) -> LineClient:
     """A client whose address is ``source`` (any 127.x.y.z works on Linux loopback)."""
-    sock = socket.socket()
-    sock.bind((source, 0))
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", to_port))
-    reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
-    return LineClient(reader, writer)
+    return await LineClient.connect(to_port, source=source)
 
 
 async def text_oper(to_port: int, nick: str, source: str = "127.0.0.2") -> LineClient:

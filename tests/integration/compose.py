@@ -20,6 +20,10 @@ file describes the way each container would run it, on loopback:
 * a node runs as ``python -m cli <CMD>`` (the image's ``ENTRYPOINT ["hubbub"]``) with the
   image's ``ENV`` and its compose environment, and none of the caller's ``HUBBUB_*``
   variables; the image's ``HEALTHCHECK`` command can be run the same way;
+* a fixed container address (a service's ``ipv4_address``, which the nodes trust for
+  PROXY headers) becomes a loopback alias of its own, ``127.0.0.10`` and up, wherever it
+  appears in an environment; HAProxy's connections to the nodes leave from its alias
+  (``source`` added to its ``server`` lines), as they leave from its container address;
 * HAProxy runs Debian's ``haproxy -f <rewritten copy of deploy/haproxy.cfg> -db``.
 
 Everything that differs from the containers is in this list: addresses and ports.
@@ -241,10 +245,24 @@ class ComposeCluster:
         return self.ports[key]
 
     def rewrite_addresses(self, text: str) -> str:
-        """``service:port`` → ``127.0.0.1:<local port>`` for every service name."""
+        """``service:port`` → ``127.0.0.1:<local port>`` for every service name, and a
+        fixed container address → its loopback alias."""
         names = "|".join(re.escape(n) for n in sorted(self.services, key=len, reverse=True))
-        return re.sub(rf"(?<![\w.-])({names}):(\d+)\b",
+        text = re.sub(rf"(?<![\w.-])({names}):(\d+)\b",
                       lambda m: f"{LOOPBACK}:{self.local_port(m[1], int(m[2]))}", text)
+        for fixed, alias in self.aliases.values():
+            text = re.sub(rf"(?<![\w.]){re.escape(fixed)}(?![\w.])", alias, text)
+        return text
+
+    @property
+    def aliases(self) -> dict[str, tuple[str, str]]:
+        """service → (its fixed container address, the loopback alias standing for it)."""
+        fixed = {}
+        for name in sorted(self.services):
+            for net in (self.services[name].get("networks") or {}).values():
+                if isinstance(net, dict) and net.get("ipv4_address"):
+                    fixed[name] = str(net["ipv4_address"])
+        return {name: (addr, f"127.0.0.{10 + i}") for i, (name, addr) in enumerate(fixed.items())}
 
     # --- redis
 
@@ -390,6 +408,8 @@ class ComposeCluster:
                 for i, word in enumerate(words[:-1]):
                     if word == "port":
                         words[i + 1] = str(self.local_port(service, int(words[i + 1])))
+                if "lb" in self.aliases:
+                    words += ["source", self.aliases["lb"][1]]
                 line = "    " + " ".join(words)
             lines.append(line)
         path = self.workdir / "haproxy.cfg"

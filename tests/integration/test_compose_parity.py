@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import shutil
 import signal
@@ -39,7 +40,7 @@ from .compose import (
     image_env,
     load_compose,
 )
-from .procs import require_binary
+from .procs import is_event, require_binary
 
 pytestmark = pytest.mark.redis_server
 
@@ -126,6 +127,13 @@ def test_config_files_are_valid_as_written() -> None:
 
 # ------------------------------------------------------------------ the running cluster
 
+def registered(nick: str) -> Callable[[str], bool]:
+    """A node's log line: ``nick`` registered."""
+    def test(line: str) -> bool:
+        return is_event("registered")(line) and json.loads(line).get("nick") == nick
+    return test
+
+
 async def test_clients_on_different_nodes_and_through_the_load_balancer_chat() -> None:
     async with compose_cluster(ENV) as c:
         names = c.node_names
@@ -144,6 +152,12 @@ async def test_clients_on_different_nodes_and_through_the_load_balancer_chat() -
             via.append(client)
         print(f"\ncompose parity: 3 clients through the load balancer landed on {landed}")
         assert sorted(landed) == names
+        # HAProxy's PROXY header told each node the client's own address and port: the
+        # node logged the registration under it, not under HAProxy's connection
+        for i, client in enumerate(via):
+            own = "{}:{}".format(*client.writer.get_extra_info("sockname")[:2])
+            line = await c.procs[landed[i]].wait_line(registered(f"lb{i}"))
+            assert json.loads(line)["peer"] == own, line
 
         await alice.send("hello from node1")
         want = "[lobby] alice: hello from node1"
@@ -165,11 +179,12 @@ async def test_clients_on_different_nodes_and_through_the_load_balancer_chat() -
 
 
 async def test_load_balancer_limits_each_client_address() -> None:
-    """The nodes' per-address limits are off in compose (behind HAProxy every client has
-    HAProxy's address); HAProxy's own, on real addresses, refuse a burst of new
-    connections from one address beyond about 40."""
+    """HAProxy's per-address limits refuse a burst of new connections from one address
+    beyond about 40 (the nodes, which learn each client's address from the PROXY header,
+    apply their own limits per node on top)."""
     async with compose_cluster(ENV) as c:
-        assert c.node_env("node1")["HUBBUB_MAX_PER_IP"] == "0"
+        assert c.node_env("node1")["HUBBUB_PROXY_FROM"] == c.aliases["lb"][1]
+        assert "HUBBUB_MAX_PER_IP" not in c.node_env("node1")  # the default, 50
         opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None] = []
         for _ in range(60):  # all at once, kept open
             try:
