@@ -182,6 +182,10 @@ def node(
     login_fail_window: Annotated[float, _opt(
         "LOGIN_FAIL_WINDOW", "Seconds over which failed logins are counted.")
                                  ] = _DEFAULTS.login_fail_window,
+    takeover_wait: Annotated[float, _opt(
+        "TAKEOVER_WAIT", "Seconds a login to a registered name that another session holds "
+        "waits for that session to end (it is told it logged in elsewhere).")
+                             ] = _DEFAULTS.takeover_wait,
     ban_duration: Annotated[float, _opt(
         "BAN_DURATION", "Seconds a /ban lasts when no duration is given.")
                             ] = _DEFAULTS.ban_duration,
@@ -217,7 +221,8 @@ def node(
             hash_concurrency=hash_concurrency, hash_queue=hash_queue,
             min_password=min_password, login_fails_per_name=login_fails_per_name,
             login_fails_per_ip=login_fails_per_ip, login_fail_window=login_fail_window,
-            ban_duration=ban_duration, mute_duration=mute_duration)
+            takeover_wait=takeover_wait, ban_duration=ban_duration,
+            mute_duration=mute_duration)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     _check_tls_files(config)

@@ -153,6 +153,9 @@ class NodeConfig:
     (0: no cap)."""
     login_fail_window: float = 60.0
     """Seconds over which failed logins are counted (a fixed window, cluster-wide)."""
+    takeover_wait: float = 5.0
+    """Seconds a login with the password of a name held by another session waits for
+    that session to end (it is told it logged in elsewhere) before giving up."""
     ban_duration: float = 3600.0
     """Seconds a /ban lasts when no duration is given."""
     mute_duration: float = 600.0
@@ -213,6 +216,8 @@ class NodeConfig:
         for name in ("hash_queue", "login_fails_per_name", "login_fails_per_ip"):
             if getattr(self, name) < 0:
                 problems.append(f"{name.replace('_', ' ')} must not be negative")
+        if self.takeover_wait < 0:
+            problems.append("takeover wait must not be negative")
         for name in ("login_fail_window", "ban_duration", "mute_duration"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.replace('_', ' ')} must be at least 1 second")

@@ -207,7 +207,8 @@ class Canary:
 @dataclass(frozen=True, slots=True)
 class Sanction:
     """An operator's action for the node(s) holding its target: ``action`` is ``kick``,
-    ``ban`` (disconnect), ``mute`` or ``unmute``; the target is a folded nickname
+    ``ban`` (disconnect), ``mute`` or ``unmute`` — or ``ghost``: the name's owner logged
+    in elsewhere with its password (``by`` is the name); the target is a folded nickname
     (``folded``, sent to the node holding it) or an address (``ip``, sent to every node)."""
 
     kind: ClassVar[str] = "sanction"

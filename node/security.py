@@ -616,12 +616,17 @@ class Security:
             raise NoSuchAccount(f"{nick} is not a registered name")
         await self._verify(s, folded, account, cmd.password)
         if folded != s.folded:
-            holder = self.node.local.get(folded)
-            if holder is not None and holder is not s:
-                raise NickTaken(f"{nick} is in use")
-            s.account = folded  # before the rename: check_rename lets the owner in
-            await self.check_rename(s, nick)
-            await self.node.rename(s, nick)
+            previous, s.account = s.account, folded  # check_rename lets the owner in
+            try:
+                await self.check_rename(s, nick)
+                try:
+                    await self.node.rename(s, nick)
+                except NickTaken:  # the password was right: the other session gives way
+                    await self.node.take_over(nick, folded,
+                                              lambda: self.node.rename(s, nick))
+            except BaseException:
+                s.account = previous
+                raise
         await self._logged_in(s, folded)
         s.send(Notice(f"you are logged in as {account.name}" +
                       (" (operator)" if s.oper else "")))
@@ -741,6 +746,16 @@ class Security:
             elif e.action == "unmute":
                 s.muted_until = 0.0
                 s.send(Notice(f"you may speak again (unmuted by {e.by})"))
+            elif e.action == "ghost":
+                self.ghost(s)
+
+    def ghost(self, s: Session) -> None:
+        """Someone logged in to this session's name with its password: end this one."""
+        log.info("session replaced by a login elsewhere", nick=s.nick)
+        s.end("logged in elsewhere",
+              Error("nick-lost", f"{s.nick} logged in from another connection with its "
+                                 "password; this one is closed"),
+              Bye("logged in elsewhere"))
 
     def _remove(self, s: Session, e: env.Sanction) -> None:
         verb = "kicked" if e.action == "kick" else "banned"

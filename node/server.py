@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import structlog
@@ -245,6 +245,36 @@ class ChatNode:
         self.local[folded] = s
         if result.stale is not None:
             await self._bury(folded, result.stale)
+
+    async def take_over(self, nick: str, folded: str,
+                        claim: Callable[[], Awaitable[None]]) -> None:
+        """A login with the password of a name another session holds (a connection that
+        died without the node noticing yet, or the same user elsewhere): that session is
+        ended — it quits, ``logged in elsewhere`` — and ``claim`` (a registration or a
+        rename) retried until the name is free, for up to ``takeover_wait`` seconds."""
+        holder = self.local.get(folded)
+        if holder is not None:
+            self.security.ghost(holder)
+        else:
+            info = await self.relay.lookup(folded)
+            if info is not None and not await self.relay.sanction(
+                    env.Sanction("ghost", folded, "", by=nick), info.node):
+                raise NickTaken(f"{nick} is held by a session on a node that stopped "
+                                f"answering; it is freed within "
+                                f"{2 * self.config.lease_ttl:g} s")
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.config.takeover_wait
+        delays = backoff(initial=0.02, maximum=0.25)
+        while True:
+            try:
+                await claim()
+                return
+            except NickTaken:
+                delay = next(delays)
+                if loop.time() + delay > give_up:
+                    raise NickTaken(f"{nick} is in use: its other session did not end "
+                                    f"within {self.config.takeover_wait:g} s") from None
+                await pause(delay)
 
     async def resume(self, s: Session, nick: str, folded: str, token: str) -> bool:
         """Take over a name with its previous session's credential; False if refused."""

@@ -38,6 +38,7 @@ from .errors import (
     BadProxyHeader,
     FatalProtocolError,
     HubbubError,
+    NickTaken,
     NotInRoom,
     NotRegistered,
     ProtocolError,
@@ -583,7 +584,14 @@ class Session(asyncio.Protocol):
         resumed = bool(cmd.token) and await self.node.resume(self, nick, folded, cmd.token or "")
         if not resumed:
             await security.login_hello(self, cmd, folded, admission)
-            await self.node.register(self, nick, folded)
+            try:
+                await self.node.register(self, nick, folded)
+            except NickTaken:
+                if admission.account is None:
+                    raise
+                # the password was right: the name's other session gives way
+                await self.node.take_over(nick, folded,
+                                          lambda: self.node.register(self, nick, folded))
         self.conn.registered = True
         structlog.contextvars.bind_contextvars(nick=nick)
         log.info("registered", mode=self.conn.mode, resumed=resumed)

@@ -133,9 +133,15 @@ async def test_register_then_name_needs_login_on_another_node(
         await guest.send("/login alice correct horse")
         await guest.expect("* welcome alice")
 
+        # she is online on b; a login with her password elsewhere takes the name over
         j = await JsonClient.connect(port(a))
-        await j.op("hello", nick="alice", password="correct horse", ref=1)
-        assert (await j.event("error", ref=1))["code"] == "nick-taken"  # she is online
+        await j.op("hello", nick="alice", password="wrong password", ref=1)
+        assert (await j.event("error", ref=1))["code"] == "auth-failed"
+        await j.op("hello", nick="alice", password="correct horse", ref=2)
+        assert (await j.event("welcome"))["nick"] == "alice"
+        assert await guest.expect("!") == ("! nick-lost: alice logged in from another "
+                                           "connection with its password; this one is closed")
+        await guest.closed()
 
 
 async def test_json_login_and_guest_names(fake_server: fakeredis.FakeServer) -> None:
@@ -469,3 +475,120 @@ async def test_a_kicked_client_does_not_come_back(fake_server: fakeredis.FakeSer
                 await runner
         assert info.value.code == "kicked"
         await op.expect("* victim quit (kicked by op)")
+
+
+# --------------------------------------------------------------------------- taking a name over
+
+
+async def test_a_login_takes_its_name_over_from_a_session_on_another_node(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server, auth="accounts") as (a, b):
+        stuck = await text_user(port(a), "alice")
+        await stuck.send("/register alice-password")
+        await stuck.expect("* alice is now registered")
+        await stuck.send("/join dev")
+        await stuck.expect("* alice joined dev")
+        bob = await text_user(port(a), "bob")
+        await bob.send("/join dev")
+        await bob.expect("* bob joined dev")
+        # the same user from another connection, on the other node
+        again = await LineClient.connect(port(b))
+        await again.expect("* GET_NAME")
+        await again.send("/login alice alice-password")
+        await again.expect("* welcome alice")
+        assert (await stuck.expect("!")).startswith("! nick-lost: alice logged in from")
+        await stuck.expect("* bye")
+        await stuck.closed()
+        # the old session quit like any other (its rooms left, the quit announced), then
+        # the new one joined: nothing of the old one is left behind
+        assert await bob.expect("* alice quit") == "* alice quit (logged in elsewhere)"
+        await bob.expect("* alice joined lobby")
+        await bob.send("/who dev")
+        assert await bob.expect("* dev:") == "* dev: 1 user: bob"
+        await again.send("hello again")
+        assert await bob.expect("[lobby] alice") == "[lobby] alice: hello again"
+
+
+async def test_a_login_takes_its_name_over_on_the_same_node_and_by_rename(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with running_node(fake_server, auth="accounts") as n:
+        first = await text_user(port(n), "carol")
+        await first.send("/register carols-password")
+        await first.expect("* carol is now registered")
+        second = await json_user(port(n), "guest")  # registered under another name
+        await second.op("login", nick="carol", password="carols-password", ref=7)
+        await second.event("nick", old="guest", new="carol")
+        await second.event("ack", ref=7)
+        assert (await first.expect("!")).startswith("! nick-lost: carol logged in from")
+        await first.closed()
+        assert n.local["carol"].conn.mode == "json"  # the second session holds it now
+        third = await LineClient.connect(port(n))
+        await third.expect("* GET_NAME")
+        await third.send("/login carol carols-password")
+        await third.expect("* welcome carol")
+        await second.event("error", code="nick-lost")
+        await second.closed()
+
+
+async def test_a_wrong_password_never_disturbs_the_holder(fake_server: fakeredis.FakeServer
+                                                          ) -> None:
+    async with running_node(fake_server, auth="accounts") as n:
+        owner = await text_user(port(n), "dana")
+        await owner.send("/register danas-password")
+        await owner.expect("* dana is now registered")
+        other = await LineClient.connect(port(n))
+        await other.expect("* GET_NAME")
+        await other.send("/login dana not-her-password")
+        assert await other.expect("!") == "! auth-failed: wrong password for dana"
+        await owner.send("/ping")
+        await owner.expect("* pong")
+        assert n.local["dana"].conn.mode == "text" and len(n.local) == 1
+
+
+async def test_a_name_held_on_a_node_that_stopped_answering_is_not_taken_over(
+        fake_server: fakeredis.FakeServer) -> None:
+    from node.relay import NameInfo
+
+    async with running_node(fake_server, auth="accounts", lease_ttl=30.0) as n:
+        owner = await text_user(port(n), "erin")
+        await owner.send("/register erins-password")
+        await owner.expect("* erin is now registered")
+        await owner.send("/quit")
+        await owner.closed()
+        await wait_until(lambda: not n.sessions)
+        # a node that died holding her name: its lease lives on until it is reaped
+        held = await n.relay.claim("erin", NameInfo("erin", "dead-token", "gone", ()))
+        assert held.ok
+        c = await LineClient.connect(port(n))
+        await c.expect("* GET_NAME")
+        await c.send("/login erin erins-password")
+        assert await c.expect("!") == ("! nick-taken: erin is held by a session on a node "
+                                       "that stopped answering; it is freed within 60 s")
+
+
+async def test_a_client_whose_name_was_taken_over_does_not_come_back(
+        fake_server: fakeredis.FakeServer) -> None:
+    from cli.client.connection import ChatClient, ClientError
+    from cli.client.state import Address, ClientState
+
+    async with running_node(fake_server, auth="accounts") as n:
+        owner = await text_user(port(n), "fay")
+        await owner.send("/register fays-password")
+        await owner.expect("* fay is now registered")
+        await owner.send("/quit")
+        await owner.closed()
+        state = ClientState([Address("127.0.0.1", port(n))], "fay", password="fays-password")
+        client = ChatClient(state, show=lambda _: None)
+        runner = asyncio.create_task(client.run())
+        watcher = await text_user(port(n), "watcher")
+        await wait_until(lambda: "fay" in n.local)
+        newer = await LineClient.connect(port(n))
+        await newer.expect("* GET_NAME")
+        await newer.send("/login fay fays-password")
+        await newer.expect("* welcome fay")
+        with pytest.raises(ClientError) as info:
+            async with asyncio.timeout(5):
+                await runner
+        assert info.value.code == "nick-lost"  # it stopped: no tug of war over the name
+        await watcher.expect("* fay quit (logged in elsewhere)")
+        assert n.local["fay"].conn.mode == "text"  # the newer login keeps it

@@ -32,8 +32,10 @@ _FATAL = {"nick-taken", "bad-nick", "bad-room", "bad-args", "auth-required", "au
           "auth-throttled", "auth-busy", "login-required", "no-such-account", "not-enabled",
           "banned"}
 """Refusals of a hello that another node would refuse too: the client stops."""
-_REMOVED = {"kicked"}
-"""An operator removed the user: the client stops instead of reconnecting."""
+_REMOVED = {"kicked", "nick-lost"}
+"""An operator removed the user, or the name was taken over (a login with its password
+elsewhere, or this client's own resume on another node): the client stops instead of
+reconnecting — reconnecting would take the name back and start a tug of war."""
 
 
 class ClientError(Exception):
