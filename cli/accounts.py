@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from node.config import NodeConfig
 from node.errors import RelayUnavailable
 from node.keys import Keys
 from node.names import fold_nick
-from node.security import AccountStore
+from node.security import AccountStore, Hasher
 
 from .redis_client import connect_redis
 
@@ -22,6 +24,8 @@ account_app = typer.Typer(
     help="Accounts of an --auth accounts cluster (stored in its Redis).",
     no_args_is_help=True,
 )
+
+_MIN_PASSWORD = NodeConfig(node_id="defaults").min_password
 
 _Url = Annotated[str, typer.Option(envvar="HUBBUB_REDIS_URL", help="Redis URL of the cluster.")]
 _Prefix = Annotated[str, typer.Option(envvar="HUBBUB_PREFIX",
@@ -82,6 +86,44 @@ def oper(
         typer.echo(f"! no account named {name}", err=True)
         raise typer.Exit(1)
     typer.echo(f"{name} is {'no longer ' if off else ''}an operator")
+
+
+@account_app.command("password")
+def password(
+    name: Annotated[str, typer.Argument(help="The account's name.")],
+    password_file: Annotated[str, typer.Option(
+        help="Read the new password from this file (default: standard input when it is "
+             "not a terminal, else a prompt).", show_default=False)] = "",
+    min_password: Annotated[int, typer.Option(
+        help="Shortest password accepted (the cluster's --min-password).")
+                            ] = _MIN_PASSWORD,
+    redis_url: _Url = "redis://localhost:6379/0",
+    prefix: _Prefix = "hubbub:",
+    redis_ca: _Ca = "",
+) -> None:
+    """Set a new password for an account (one whose owner lost it)."""
+    if password_file:
+        new = read_secret("", password_file, "--password")
+    elif not sys.stdin.isatty():
+        new = sys.stdin.readline().rstrip("\r\n")
+    else:
+        new = typer.prompt("new password", hide_input=True, confirmation_prompt=True)
+    if len(new) < min_password:
+        raise typer.BadParameter(f"a password needs at least {min_password} characters")
+    folded = fold_nick(name)
+
+    async def job(store: AccountStore) -> bool:
+        hasher = Hasher(1, 0)
+        try:
+            encoded = await hasher.hash(new)
+        finally:
+            hasher.close()
+        return await store.set_hash(folded, encoded)
+
+    if not _run(redis_url, prefix, redis_ca, job):
+        typer.echo(f"! no account named {name}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"the password of {name} is changed")
 
 
 @account_app.command("delete")

@@ -41,6 +41,7 @@ __all__ = [
     "Oper",
     "Part",
     "Parted",
+    "Password",
     "Ping",
     "Pong",
     "Private",
@@ -177,6 +178,13 @@ class Login(Command):
 @dataclass(frozen=True, slots=True)
 class Register(Command):
     """Protect the current nickname with ``password`` (create its account)."""
+
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Password(Command):
+    """Change the password of the account the session is logged in to."""
 
     password: str = field(repr=False)
 

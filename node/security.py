@@ -89,6 +89,7 @@ from .model import (
     Mute,
     Notice,
     Oper,
+    Password,
     Register,
     Unban,
     Unmute,
@@ -106,7 +107,8 @@ __all__ = ["SECURITY_COMMANDS", "Account", "AccountStore", "Admission", "Hasher"
 log = structlog.get_logger("hubbub.security")
 audit_log = structlog.get_logger("hubbub.audit")
 
-SECURITY_COMMANDS = (Auth, Login, Register, Oper, Kick, Ban, Unban, Mute, Unmute, Bans)
+SECURITY_COMMANDS = (Auth, Login, Register, Password, Oper, Kick, Ban, Unban, Mute, Unmute,
+                     Bans)
 """The commands :meth:`Security.handle` carries out."""
 
 _T = TypeVar("_T")
@@ -194,12 +196,22 @@ class Account:
         return cls(name=str(d["name"]), hash=str(d["hash"]), created=float(d["created"]))
 
 
+_SET_IF_SAME = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
 class AccountStore:
     """Accounts in Redis: ``{accounts}`` (folded -> JSON) and ``{accounts}:opers``."""
 
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
         self.keys = keys
+        self._set_if_same = redis.register_script(_SET_IF_SAME)
 
     async def get(self, folded: str) -> Account | None:
         async with translated("account"):
@@ -211,6 +223,20 @@ class AccountStore:
         async with translated("account"):
             return bool(await self._redis.hsetnx(self.keys.accounts, folded,
                                                  account.serialize()))
+
+    async def set_hash(self, folded: str, encoded: str) -> bool:
+        """Give an existing account a new password hash; False if it has no account."""
+        while True:
+            async with translated("account"):
+                raw = await self._redis.hget(self.keys.accounts, folded)
+                if not raw:
+                    return False
+                old = Account.parse(raw)
+                new = Account(old.name, encoded, old.created).serialize()
+                # compare-and-set: a concurrent change or delete is not overwritten
+                if await self._set_if_same(keys=[self.keys.accounts],
+                                           args=[folded, raw, new]):
+                    return True
 
     async def is_oper(self, folded: str) -> bool:
         async with translated("account"):
@@ -583,6 +609,8 @@ class Security:
                 await self._login(s, cmd)
             case Register(password=password):
                 await self._register(s, password, cmd.ref)
+            case Password(password=password):
+                await self._change_password(s, password, cmd.ref)
             case Oper(secret=secret):
                 self._need_registered(s)
                 if not self.config.oper_secret:
@@ -636,9 +664,7 @@ class Security:
         if self.config.auth != "accounts":
             raise NotEnabled("accounts are not enabled on this cluster")
         self._need_registered(s)
-        if len(password) < self.config.min_password:
-            raise BadArguments(f"a password needs at least {self.config.min_password} "
-                               "characters")
+        self._check_length(password)
         folded = s.folded
         if s.account == folded or await self.accounts.get(folded) is not None:
             raise AccountExists(f"{s.nick} is already registered")
@@ -652,6 +678,28 @@ class Security:
         s.send(Notice(f"{s.nick} is now registered: from now on it needs /login {s.nick} "
                       "PASSWORD"))
         s.send(Ack(ref))
+
+    async def _change_password(self, s: Session, password: str,
+                               ref: str | int | None) -> None:
+        if self.config.auth != "accounts":
+            raise NotEnabled("accounts are not enabled on this cluster")
+        self._need_registered(s)
+        folded = s.folded
+        if s.account != folded:
+            raise LoginRequired(f"you are not logged in to an account named {s.nick}: "
+                                f"/login {s.nick} PASSWORD first (or /register it)")
+        self._check_length(password)
+        encoded = await self.hasher.hash(password)
+        if not await self.accounts.set_hash(folded, encoded):
+            raise NoSuchAccount(f"{s.nick} has no account any more")
+        log.info("password changed", account=folded)
+        s.send(Notice(f"the password of {s.nick} is changed"))
+        s.send(Ack(ref))
+
+    def _check_length(self, password: str) -> None:
+        if len(password) < self.config.min_password:
+            raise BadArguments(f"a password needs at least {self.config.min_password} "
+                               "characters")
 
     # ------------------------------------------------------------------ operators
 

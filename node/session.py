@@ -65,6 +65,7 @@ from .model import (
     Notice,
     Part,
     Parted,
+    Password,
     Ping,
     Pong,
     Private,
@@ -106,6 +107,7 @@ HELP = """commands:
 //text              say a line that starts with /
 accounts (when the cluster has them):
 /register PASSWORD  protect your nickname with a password
+/password NEW       change your password (logged in)
 /login NICK PASS    use your registered nickname
 operators:
 /oper SECRET        become an operator
@@ -531,7 +533,7 @@ class Session(asyncio.Protocol):
                 self.send(Notice(HELP))
                 self.send(Ack(cmd.ref))
             elif isinstance(cmd, SECURITY_COMMANDS):
-                if isinstance(cmd, Register) and not await self._throttle(cmd):
+                if isinstance(cmd, Register | Password) and not await self._throttle(cmd):
                     return False  # creating accounts counts against the rate like /nick
                 await self.node.security.handle(self, cmd)
             elif not self.registered and not isinstance(cmd, Who | Rooms):

@@ -51,6 +51,7 @@ from node.model import (
     Oper,
     Part,
     Parted,
+    Password,
     Ping,
     Pong,
     Private,
@@ -940,6 +941,7 @@ def test_json_welcome_token_and_bye_reconnect_rendered() -> None:
     ("/auth  tok en ", Auth(secret="tok en")),
     ("/login alice my pass phrase", Login(nick="alice", password="my pass phrase")),
     ("/register hunter22", Register(password="hunter22")),
+    ("/password  new pass phrase ", Password(password="new pass phrase")),
     ("/oper s3cret", Oper(secret="s3cret")),
     ("/kick bob", Kick(nick="bob")),
     ("/kick bob  go  away ", Kick(nick="bob", reason="go  away")),
@@ -959,7 +961,8 @@ def test_text_security_commands(line: str, command: Command) -> None:
 
 
 @pytest.mark.parametrize("line", [
-    "/auth", "/login alice", "/login", "/register", "/oper  ", "/kick", "/ban",
+    "/auth", "/login alice", "/login", "/register", "/password", "/password  ", "/oper  ",
+    "/kick", "/ban",
     "/ban bob 0m", "/ban bob 99999d", "/ban bob 5x", "/unban", "/unban a b", "/mute",
     "/unmute", "/bans all",
 ])
@@ -975,7 +978,8 @@ def test_auth_and_login_work_before_a_name_the_rest_are_nick_attempts() -> None:
 
 def test_secrets_never_show_in_a_repr() -> None:
     for cmd in (Auth(secret="S1"), Login(nick="a", password="S1"), Register(password="S1"),
-                Oper(secret="S1"), Hello(nick="a", secret="S1", password="S1")):
+                Password(password="S1"), Oper(secret="S1"),
+                Hello(nick="a", secret="S1", password="S1")):
         assert "S1" not in repr(cmd)
 
 
@@ -991,6 +995,7 @@ def test_a_login_line_counts_as_the_hello_of_its_batch() -> None:
     ({"op": "auth", "secret": "t", "ref": 1}, Auth(secret="t", ref=1)),
     ({"op": "login", "nick": "a", "password": "p"}, Login(nick="a", password="p")),
     ({"op": "register", "password": "p"}, Register(password="p")),
+    ({"op": "password", "password": "p", "ref": 2}, Password(password="p", ref=2)),
     ({"op": "oper", "secret": "s"}, Oper(secret="s")),
     ({"op": "kick", "nick": "b", "reason": "r"}, Kick(nick="b", reason="r")),
     ({"op": "ban", "target": "b", "duration": "1h30m"}, Ban(target="b", duration=5400)),

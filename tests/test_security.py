@@ -144,6 +144,44 @@ async def test_register_then_name_needs_login_on_another_node(
         await guest.closed()
 
 
+async def test_a_logged_in_user_changes_the_password(fake_server: fakeredis.FakeServer
+                                                      ) -> None:
+    async with running_node(fake_server, auth="accounts") as n:
+        guest = await text_user(port(n), "guest")
+        await guest.send("/password whatever-it-is")  # no account: nothing to change
+        assert (await guest.expect("!")).startswith("! login-required: you are not logged in")
+        alice = await text_user(port(n), "alice")
+        await alice.send("/register first-password")
+        await alice.expect("* alice is now registered")
+        await alice.send("/password short")
+        assert (await alice.expect("!")).startswith("! bad-args: a password needs at least 8")
+        await alice.send("/password second password")
+        await alice.expect("* the password of alice is changed")
+        await alice.send("/quit")
+        await alice.closed()
+        back = await LineClient.connect(port(n))
+        await back.expect("* GET_NAME")
+        await back.send("/login alice first-password")
+        assert await back.expect("!") == "! auth-failed: wrong password for alice"
+        await back.send("/login alice second password")
+        await back.expect("* welcome alice")
+        j = await json_user(port(n), "bob")
+        await j.op("register", password="bobs-first", ref=1)
+        await j.event("ack", ref=1)
+        await j.op("password", password="bobs-second", ref=2)
+        await j.event("ack", ref=2)
+        stored = await n.security.accounts.get("bob")
+        assert stored is not None and stored.name == "bob"
+        assert await n.security.hasher.verify(stored.hash, "bobs-second")
+
+
+async def test_password_is_refused_without_accounts(fake_server: fakeredis.FakeServer) -> None:
+    async with running_node(fake_server) as n:
+        alice = await text_user(port(n), "alice")
+        await alice.send("/password something-long")
+        assert (await alice.expect("!")).startswith("! not-enabled:")
+
+
 async def test_json_login_and_guest_names(fake_server: fakeredis.FakeServer) -> None:
     async with running_node(fake_server, auth="accounts") as n:
         bob = await json_user(port(n), "bob")  # guests keep unregistered names

@@ -16,12 +16,12 @@ from .procs import is_event, log_events, redis_server, start_node
 pytestmark = [pytest.mark.redis_server, pytest.mark.timeout(60)]
 
 
-async def _account_cli(*args: str, url: str) -> tuple[int, str]:
+async def _account_cli(*args: str, url: str, stdin: bytes = b"") -> tuple[int, str]:
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cli", "account", *args, "--redis-url", url,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    out, _ = await child.communicate()
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    out, _ = await child.communicate(stdin)
     return child.returncode or 0, out.decode()
 
 
@@ -48,12 +48,22 @@ async def test_accounts_and_an_operator_account_across_two_real_nodes(tmp_path: 
             assert code == 0, out
             code, out = await _account_cli("list", url=url)
             assert code == 0 and out.split("\t")[0] == "alice" and "oper" in out
+            # the administrator sets a new password (read from standard input)
+            code, out = await _account_cli("password", "Alice", url=url,
+                                           stdin=b"alice-new-password\n")
+            assert (code, out.strip()) == (0, "the password of Alice is changed"), out
+            code, out = await _account_cli("password", "nobody", url=url, stdin=b"long-enough\n")
+            assert code == 1 and "no account named nobody" in out
+            code, out = await _account_cli("password", "alice", url=url, stdin=b"short\n")
+            assert code == 2 and "at least 8 characters" in out
             await guest.op("quit")
             await guest.closed()
             # her next login is an operator's; she kicks bob off the other node
             op = await LineClient.connect(pa)
             await op.expect("* GET_NAME")
             await op.send("/login alice alice-password")
+            assert await op.expect("!") == "! auth-failed: wrong password for alice"
+            await op.send("/login alice alice-new-password")
             await op.expect("* welcome alice")
             bob = await text_user(pb, "bob")
             await op.send("/kick bob bye")
