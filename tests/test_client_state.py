@@ -162,3 +162,66 @@ def test_wire_text_is_neutralised_again() -> None:
     assert "\x1b" not in shown[0].nick  # type: ignore[operator]
     assert safe("emoji 👩\u200d💻\tok") == "emoji 👩\u200d💻\tok"
     assert plain(shown[0]).startswith("[lobby] b")
+
+
+# ------------------------------------------------------------- account and operator commands
+
+
+def test_account_and_operator_commands_go_out_as_their_json_ops() -> None:
+    s = ClientState([A], "me")
+    welcomed(s)
+    cases = {
+        "/register  long enough pw": {"op": "register", "password": "long enough pw"},
+        "/password new-one-here": {"op": "password", "password": "new-one-here"},
+        "/login alice her password": {"op": "login", "nick": "alice",
+                                      "password": "her password"},
+        "/oper s3cret": {"op": "oper", "secret": "s3cret"},
+        "/kick bob go away": {"op": "kick", "nick": "bob", "reason": "go away"},
+        "/ban bob 2h spam links": {"op": "ban", "target": "bob", "duration": 7200,
+                                   "reason": "spam links"},
+        "/ban 10.0.0.1": {"op": "ban", "target": "10.0.0.1"},
+        "/unban bob": {"op": "unban", "target": "bob"},
+        "/mute bob 30s": {"op": "mute", "nick": "bob", "duration": 30},
+        "/unmute bob": {"op": "unmute", "nick": "bob"},
+        "/BANS": {"op": "bans"},
+    }
+    for line, want in cases.items():
+        shown, ops = s.command(line)
+        assert shown == [] and len(ops) == 1, line
+        op = dict(ops[0])
+        assert op.pop("ref"), line
+        assert op == want, line
+
+
+def test_bad_arguments_are_caught_before_sending() -> None:
+    s = ClientState([A], "me")
+    welcomed(s)
+    for line in ("/register", "/ban bob 0m", "/kick", "/login alice", "/bans all"):
+        shown, ops = s.command(line)
+        assert ops == [] and [x.code for x in shown] == ["bad-args"], line
+        assert shown[0].text.startswith("usage:") or "duration" in shown[0].text, line
+
+
+def test_an_accepted_password_is_the_one_used_after_a_failover() -> None:
+    s = ClientState([A], "me", password="old-password")
+    welcomed(s)
+    _, [refused] = s.command("/password another-one")
+    s.handle({"ev": "error", "code": "auth-busy", "text": "busy", "ref": refused["ref"]})
+    assert s.password == "old-password"  # refused: nothing changes
+    _, [accepted] = s.command("/password the-new-one")
+    s.handle({"ev": "ack", "ref": accepted["ref"]})
+    assert s.password == "the-new-one"
+    s.token = None  # a failover that cannot resume logs in afresh
+    assert s.hello()["password"] == "the-new-one"
+
+
+def test_the_bans_listing_is_shown() -> None:
+    s = ClientState([A], "me")
+    welcomed(s)
+    shown, _ = s.handle({"ev": "bans", "ref": "x", "bans": [
+        {"kind": "ip-ban", "target": "10.0.0.1", "by": "op", "expires_in": 60.0},
+        {"kind": "mute", "target": "bob\x1b[2J", "by": "op", "expires_in": 5.5,
+         "reason": "hush"}]})
+    assert [x.text for x in shown] == [
+        "2 bans or mutes in force", "ip-ban 10.0.0.1: 60.0 s left, by op",
+        f"mute {safe('bob' + chr(27) + '[2J')}: 5.5 s left, by op: hush"]

@@ -630,3 +630,32 @@ async def test_a_client_whose_name_was_taken_over_does_not_come_back(
         assert info.value.code == "nick-lost"  # it stopped: no tug of war over the name
         await watcher.expect("* fay quit (logged in elsewhere)")
         assert n.local["fay"].conn.mode == "text"  # the newer login keeps it
+
+
+async def test_the_hubbub_client_registers_and_operates(fake_server: fakeredis.FakeServer
+                                                        ) -> None:
+    from cli.client.connection import ChatClient
+    from cli.client.shown import Shown
+    from cli.client.state import Address, ClientState
+
+    async with running_node(fake_server, auth="accounts", oper_secret=OPER) as n:
+        seen: list[Shown] = []
+        state = ClientState([Address("127.0.0.1", port(n))], "gwen")
+        client = ChatClient(state, show=seen.append)
+        runner = asyncio.create_task(client.run())
+        try:
+            await wait_until(lambda: "gwen" in n.local)
+            await client.submit("/register gwens-password")
+            await client.submit("/oper " + OPER)
+            bob = await text_user(port(n), "bob")
+            await client.submit("/mute bob 1m too loud")
+            await bob.expect("* you are muted for 1m by gwen: too loud")
+            await client.submit("/bans")
+            await wait_until(lambda: any("bans or mutes in force" in s.text for s in seen))
+            assert state.password == "gwens-password"
+            stored = await n.security.accounts.get("gwen")
+            assert stored is not None and stored.name == "gwen"
+        finally:
+            client.quit()
+            async with asyncio.timeout(5):
+                await runner

@@ -13,14 +13,23 @@ Theory of operation
 * Messages the user said that the cluster has not acknowledged stay ``pending``.  After a
   failover the room's catch-up tells whether each got through (it shows up as the user's
   own message); the others are sent again, so nothing is lost and nothing said twice.
+* Account and operator commands (``/register``, ``/password``, ``/login``, ``/oper``,
+  ``/kick``, ``/ban``, ``/unban``, ``/mute``, ``/unmute``, ``/bans``) are parsed by the
+  node's own text-mode parser and sent as the JSON op of the same name; a password the
+  cluster accepted (``/register``, ``/password``, ``/login``) becomes the one the client
+  logs in with after a failover that cannot resume.
 * ``next_address()`` walks the node addresses round-robin.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
+
+from node.errors import ProtocolError
+from node.model import Login, Password, Register
+from node.protocol import TEXT
 
 from .shown import Shown, safe
 
@@ -28,12 +37,18 @@ __all__ = ["COMMANDS", "HELP", "Address", "ClientState", "Op", "id_key"]
 
 Op = dict[str, Any]
 
+_SERVER_COMMANDS = ("/register", "/password", "/login", "/oper", "/kick", "/ban", "/unban",
+                    "/mute", "/unmute", "/bans")
+"""Account and operator commands: parsed like the node's text mode, sent as JSON ops."""
 COMMANDS = ("/join", "/part", "/msg", "/me", "/nick", "/who", "/rooms", "/history", "/help",
-            "/quit", "/exit", "/q", "/close", "/disconnect")
+            "/quit", "/exit", "/q", "/close", "/disconnect", *_SERVER_COMMANDS)
 _QUITS = {"/quit", "/exit", "/q", "/close", "/disconnect"}
 
 HELP = """/join ROOM  /part [ROOM]  /msg NICK TEXT  /me TEXT  /nick NEW  /who [ROOM]
-/rooms  /history [N]  /quit [REASON]  (//text says a line starting with /)"""
+/rooms  /history [N]  /quit [REASON]  (//text says a line starting with /)
+accounts: /register PASSWORD  /password NEW  /login NICK PASSWORD
+operators: /oper SECRET  /kick NICK [WHY]  /ban NICK|ADDRESS [DUR] [WHY]  /unban X
+           /mute NICK [DUR] [WHY]  /unmute NICK  /bans"""
 
 CATCHUP_PAGE = 200
 RECENT = 20
@@ -116,6 +131,7 @@ class ClientState:
         self._seen_own: dict[str, list[str]] = {}
         self._asked: set[str] = set()
         self._synced: set[str] = set()
+        self._passwords: dict[str, str] = {}  # ref -> a password the cluster may accept
 
     # ------------------------------------------------------------------ addresses
 
@@ -274,8 +290,22 @@ class ClientState:
         return ops
 
     def _on_ack(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
-        self.pending.pop(str(ev.get("ref")), None)
+        ref = str(ev.get("ref"))
+        self.pending.pop(ref, None)
+        if ref in self._passwords:  # accepted: log in with it from now on
+            self.password = self._passwords.pop(ref)
         return [], []
+
+    def _on_bans(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
+        entries = [e for e in ev.get("bans", []) if isinstance(e, dict)]
+        shown = [Shown("notice", f"{len(entries)} bans or mutes in force")]
+        for e in entries:
+            line = (f"{safe(str(e.get('kind')))} {safe(str(e.get('target')))}: "
+                    f"{e.get('expires_in')} s left, by {safe(str(e.get('by')))}")
+            if e.get("reason"):
+                line += f": {safe(str(e['reason']))}"
+            shown.append(Shown("notice", line))
+        return shown, []
 
     def _on_error(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
         ref = str(ev.get("ref"))
@@ -292,6 +322,7 @@ class ClientState:
             shown += self._show_messages(room, held, history=False)
             ops = self._settle_pending(room)
         self._asked.discard(ref)
+        self._passwords.pop(ref, None)
         return [Shown("error", text, code=code), *shown], ops
 
     def _on_pm(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
@@ -402,8 +433,30 @@ class ClientState:
                 if rest else _usage("/nick NEW")
         if word in ("/who", "/rooms", "/history"):
             return self._ask(word, rest)
+        if word in _SERVER_COMMANDS:
+            return self._server_command(line)
         return [Shown("error", f"unknown command {safe(word)}; /help lists them",
                       code="unknown-command")], []
+
+    def _server_command(self, line: str) -> tuple[list[Shown], list[Op]]:
+        """An account or operator command: the node's text parser checks the arguments,
+        and the command goes out as the JSON op of the same name and fields."""
+        try:
+            cmd = TEXT.parse(line, True)
+        except ProtocolError as exc:
+            return [Shown("error", safe(exc.text), code=exc.code)], []
+        if cmd is None:
+            return [], []
+        ref = self._ref("c")
+        op: Op = {"op": type(cmd).__name__.lower()}
+        for f in fields(cmd):
+            value = getattr(cmd, f.name)
+            if f.name != "ref" and value is not None:
+                op[f.name] = value
+        op["ref"] = ref
+        if isinstance(cmd, Register | Password | Login):
+            self._passwords[ref] = cmd.password
+        return [], [op]
 
     def _ask(self, word: str, rest: str) -> tuple[list[Shown], list[Op]]:
         ref = self._ref("a")
