@@ -44,6 +44,9 @@ class _NodeCollector(Collector):
         ready, _ = relay.is_ready()
         yield GaugeMetricFamily("hubbub_ready", "1 when the node is ready (see /readyz).",
                                 value=1 if ready and not node.stopping else 0)
+        yield GaugeMetricFamily("hubbub_redis_clock_offset_seconds",
+                                "Redis's clock minus this node's (message deadlines use "
+                                "Redis's clock).", value=relay.clock_offset)
         if relay.canary_at is not None:
             age = asyncio.get_running_loop().time() - relay.canary_at
             yield GaugeMetricFamily("hubbub_canary_age_seconds",

@@ -57,6 +57,8 @@ __all__ = ["BusSink", "ClaimResult", "NameInfo", "Published", "Relay", "RelaySta
 log = structlog.get_logger("hubbub.relay")
 
 _RENEW_CHUNK = 500
+CLOCK_WARN = 1.0
+"""Seconds of difference between this node's clock and Redis's that are logged."""
 _REAP_CHUNK = 200
 
 
@@ -186,10 +188,17 @@ async def _translated(what: str) -> AsyncIterator[None]:
 class Relay:
     """Everything a node does with Redis.  See the module docstring."""
 
-    def __init__(self, redis: Redis, config: NodeConfig, sink: BusSink) -> None:
+    def __init__(self, redis: Redis, config: NodeConfig, sink: BusSink,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``clock``: this node's wall clock (Unix seconds); message deadlines are set on
+        Redis's clock, through the measured offset between the two."""
         self._redis = redis
         self._cfg = config
         self._sink = sink
+        self._clock = clock
+        self.clock_offset = 0.0
+        """Redis's clock minus this node's, in seconds (measured with TIME)."""
+        self._clock_warned = False
         self.keys = Keys(config.prefix)
         self.node_id = config.node_id
         self.stats = RelayStats()
@@ -643,7 +652,25 @@ class Relay:
         deliver a line its sender was told had failed."""
         window = self._cfg.outbox_seconds if self._cfg.outbox_seconds > 0 else \
             self._cfg.redis_timeout
-        return int((time.time() + window) * 1000)
+        return int((self._clock() + self.clock_offset + window) * 1000)
+
+    async def sync_clock(self) -> None:
+        """Measure how far Redis's clock is from this node's (TIME, halfway through the
+        round trip).  Deadlines are checked by Redis against its own clock: a node whose
+        clock lags Redis's by more than the outbox window would otherwise see every
+        message refused as too late, and one ahead would let a thawed Redis publish lines
+        their senders were told had failed."""
+        before = self._clock()
+        seconds, micros = await self._redis.time()
+        after = self._clock()
+        if after - before > 0.5:  # too slow a round trip to say much; keep the last
+            return
+        self.clock_offset = seconds + micros / 1e6 - (before + after) / 2
+        skewed = abs(self.clock_offset) > CLOCK_WARN
+        if skewed and not self._clock_warned:
+            log.warning("this node's clock differs from Redis's; message deadlines follow "
+                        "Redis's clock", offset_seconds=round(self.clock_offset, 3))
+        self._clock_warned = skewed
 
     async def _publish_once(self, msg: env.RoomMsg, once: str,
                             deadline_ms: int | None = None) -> str:
@@ -779,6 +806,8 @@ class Relay:
             pubsub = self._watch_reconnects(self._redis.pubsub())
             try:
                 await self._load_scripts()
+                async with asyncio.timeout(self._cfg.redis_timeout):
+                    await self.sync_clock()
                 if not self._policy_checked:
                     await self._check_policy()
                 await self._subscribe_all(pubsub)
@@ -925,6 +954,7 @@ class Relay:
             try:
                 async with asyncio.timeout(self._cfg.redis_timeout):
                     await self._check_epoch()
+                    await self.sync_clock()
             except (RedisError, OSError, RuntimeError) as exc:
                 log.debug("epoch check failed", error=describe(exc))
             await pause(self._cfg.canary_interval)

@@ -1045,3 +1045,21 @@ async def test_a_round_that_fails_unexpectedly_answers_every_sender(
     assert relay.stats.outboxed == 0
     assert isinstance(await relay.say(says("bob", 1)[0]), str)  # the next round works
     assert await stream_texts(raw, relay) == ["bob 0"]
+
+
+async def test_deadlines_follow_redis_clock_not_a_skewed_node_clock(make_relay: Any) -> None:
+    """A node whose clock lags Redis's by a minute: its deadlines would all be past by
+    Redis's clock (every message refused as too late) without the measured offset; one
+    ahead by a minute would let a thawed Redis publish lines a minute too late."""
+    relay, _ = make_relay("skewed")
+    window = relay._cfg.outbox_seconds
+    relay._clock = lambda: time.time() - 60.0
+    async with running(relay):  # measured when it subscribes
+        assert relay.clock_offset == pytest.approx(60.0, abs=1.0)
+        assert relay._deadline() / 1000 == pytest.approx(time.time() + window, abs=1.0)
+        stream_id = await relay.say(env.RoomMsg("lobby", "alice", "skewed/1", "on time"))
+        assert stream_id and relay.stats.publish_too_late == 0
+        relay._clock = lambda: time.time() + 60.0
+        await relay.sync_clock()
+        assert relay.clock_offset == pytest.approx(-60.0, abs=1.0)
+        assert relay._deadline() / 1000 == pytest.approx(time.time() + window, abs=1.0)

@@ -142,3 +142,13 @@ async def start_node(redis_url: str, node_id: str, *args: str,
     if wait_ready:
         await proc.wait_line(is_event("relay subscribed"))
     return proc, port
+
+
+async def account_cli(*args: str, url: str, stdin: bytes = b"") -> tuple[int, str]:
+    """Run ``hubbub account ARGS --redis-url URL``; its exit status and output."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli", "account", *args, "--redis-url", url,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    out, _ = await child.communicate(stdin)
+    return child.returncode or 0, out.decode()

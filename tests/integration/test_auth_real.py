@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
 from ..helpers import JsonClient, LineClient, text_user
-from .procs import is_event, log_events, redis_server, start_node
+from .procs import account_cli, is_event, log_events, redis_server, start_node
 
 pytestmark = [pytest.mark.redis_server, pytest.mark.timeout(60)]
 
 
-async def _account_cli(*args: str, url: str, stdin: bytes = b"") -> tuple[int, str]:
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli", "account", *args, "--redis-url", url,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    out, _ = await child.communicate(stdin)
-    return child.returncode or 0, out.decode()
 
 
 async def test_accounts_and_an_operator_account_across_two_real_nodes(tmp_path: Path) -> None:
@@ -44,17 +34,17 @@ async def test_accounts_and_an_operator_account_across_two_real_nodes(tmp_path: 
             assert (await guest.event("error", ref=1))["code"] == "login-required"
             await guest.op("hello", nick="alice", password="alice-password", ref=2)
             assert (await guest.event("welcome"))["nick"] == "alice"
-            code, out = await _account_cli("oper", "alice", url=url)
+            code, out = await account_cli("oper", "alice", url=url)
             assert code == 0, out
-            code, out = await _account_cli("list", url=url)
+            code, out = await account_cli("list", url=url)
             assert code == 0 and out.split("\t")[0] == "alice" and "oper" in out
             # the administrator sets a new password (read from standard input)
-            code, out = await _account_cli("password", "Alice", url=url,
+            code, out = await account_cli("password", "Alice", url=url,
                                            stdin=b"alice-new-password\n")
             assert (code, out.strip()) == (0, "the password of Alice is changed"), out
-            code, out = await _account_cli("password", "nobody", url=url, stdin=b"long-enough\n")
+            code, out = await account_cli("password", "nobody", url=url, stdin=b"long-enough\n")
             assert code == 1 and "no account named nobody" in out
-            code, out = await _account_cli("password", "alice", url=url, stdin=b"short\n")
+            code, out = await account_cli("password", "alice", url=url, stdin=b"short\n")
             assert code == 2 and "at least 8 characters" in out
             await guest.op("quit")
             await guest.closed()
@@ -80,9 +70,9 @@ async def test_accounts_and_an_operator_account_across_two_real_nodes(tmp_path: 
             # deleting the account frees the name for guests again
             await op.send("/quit")
             await op.closed()
-            code, out = await _account_cli("delete", "ALICE", url=url)
+            code, out = await account_cli("delete", "ALICE", url=url)
             assert code == 0, out
-            code, out = await _account_cli("delete", "alice", url=url)
+            code, out = await account_cli("delete", "alice", url=url)
             assert code == 1 and "no account named alice" in out
             await text_user(pb, "alice")
         finally:

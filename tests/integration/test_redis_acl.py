@@ -8,19 +8,16 @@ refused command but ``CONFIG GET`` (which a node tolerates) and ``CLIENT SETINFO
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 import secrets
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from ..helpers import JsonClient, LineClient, json_user, text_user
-from .procs import is_event, log_events, redis_server, start_node
+from .procs import account_cli, is_event, log_events, redis_server, start_node
 
 pytestmark = pytest.mark.redis_server
 
@@ -115,13 +112,6 @@ async def test_a_node_runs_on_the_documented_acl_and_a_lesser_user_is_refused() 
             await admin.aclose()
 
 
-async def _account_cli(*args: str, url: str) -> tuple[int, str]:
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli", "account", *args, "--redis-url", url,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    out, _ = await child.communicate()
-    return child.returncode or 0, out.decode()
 
 
 async def test_accounts_operators_and_sanctions_run_on_the_documented_acl(
@@ -141,19 +131,24 @@ async def test_accounts_operators_and_sanctions_run_on_the_documented_acl(
             b, pb = await start_node(hubbub_url, "acc-b", *args)
             try:
                 alice = await text_user(pa, "alice")
-                await alice.send("/register alice-password")
+                await alice.send("/register alice-password-0")
                 await alice.expect("* alice is now registered")
+                await alice.send("/password alice-password-1")
+                await alice.expect("* the password of alice is changed")
                 await alice.send("/quit")
                 await alice.closed()
                 guest = await JsonClient.connect(pb)
                 await guest.op("hello", nick="alice", password="wrong-password", ref=1)
                 assert (await guest.event("error", ref=1))["code"] != "relay-unavailable"
-                await guest.op("hello", nick="alice", password="alice-password", ref=2)
+                await guest.op("hello", nick="alice", password="alice-password-1", ref=2)
                 await guest.event("welcome")
-                code, out = await _account_cli("oper", "alice", url=hubbub_url)
+                code, out = await account_cli("oper", "alice", url=hubbub_url)
                 assert code == 0, out
-                code, out = await _account_cli("list", url=hubbub_url)
+                code, out = await account_cli("list", url=hubbub_url)
                 assert code == 0 and "alice" in out, out
+                code, out = await account_cli("password", "alice", url=hubbub_url,
+                                              stdin=b"alice-password\n")
+                assert code == 0, out
                 await guest.op("quit")
                 await guest.closed()
                 op = await LineClient.connect(pa)
