@@ -77,6 +77,9 @@ class ChatNode:
         self.relay = Relay(redis, config, self)
         self.stats = NodeStats()
         self.sessions: set[Session] = set()
+        self.awaiting_header: set[Session] = set()
+        """Connections from a trusted load balancer whose PROXY header has not come yet
+        (not admitted, no task: closed at shutdown)."""
         self.local: dict[str, Session] = {}
         self.by_sid: dict[str, Session] = {}
         self.rooms: dict[str, set[Session]] = {}
@@ -149,6 +152,8 @@ class ChatNode:
             self.gate.stop()
         if self._tls_server is not None:
             self._tls_server.close()
+        for waiting in list(self.awaiting_header):  # a load balancer's, never admitted
+            waiting.abandon()
         # 2. tell every client, stop reading; each session's cleanup releases its name
         for session in list(self.sessions):
             session.shutdown("node shutting down")

@@ -211,6 +211,7 @@ class Session(asyncio.Protocol):
             self._proxy_header = bytearray()
             self._proxy_timer = self._loop.call_later(self.node.config.proxy_timeout,
                                                       self._proxy_late)
+            self.node.awaiting_header.add(self)
             return
         self.node.on_connection(self)
 
@@ -249,7 +250,14 @@ class Session(asyncio.Protocol):
         assert self.transport is not None
         self.node.gate.refuse_proxied(self.transport, why)
 
+    def abandon(self) -> None:
+        """Node shutdown: close a connection still waiting for its PROXY header."""
+        self._proxy_done()
+        if self.transport is not None:
+            self.transport.close()
+
     def _proxy_done(self) -> None:
+        self.node.awaiting_header.discard(self)
         self._proxy_header = None
         if self._proxy_timer is not None:
             self._proxy_timer.cancel()

@@ -274,3 +274,13 @@ def test_ipv4_mapped_peers_match_ipv4_networks() -> None:
     assert gate.trusted("10.1.2.3") and gate.trusted("::ffff:10.1.2.3")
     assert not gate.trusted("11.1.2.3") and not gate.trusted("") and not gate.trusted("?")
     assert not Gate(NodeConfig(node_id="n"), NodeStats()).trusted("10.1.2.3")
+
+
+async def test_shutdown_closes_connections_still_waiting_for_their_header(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with running_node(fake_server, proxy_from=("127.0.0.1",), proxy_timeout=30) as n:
+        waiting = await from_address("127.0.0.1", n)  # and then nothing comes
+        await wait_until(lambda: n.awaiting_header)
+        n.stop()
+        await waiting.closed()  # long before the 30 s header timeout
+    assert not n.awaiting_header
