@@ -117,12 +117,16 @@ class NameInfo:
     rooms: tuple[str, ...]
     prev: str | None = None
     """The token this session resumed from (its previous session's)."""
+    oper: bool = False
+    """The session is an operator (a resume with its token carries that over)."""
 
     def serialize(self) -> str:
         body: dict[str, Any] = {"nick": self.nick, "token": self.token, "node": self.node,
                                 "rooms": list(self.rooms)}
         if self.prev:
             body["prev"] = self.prev
+        if self.oper:
+            body["oper"] = True
         return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
@@ -131,7 +135,7 @@ class NameInfo:
         prev = d.get("prev")
         return cls(nick=str(d["nick"]), token=str(d["token"]), node=str(d["node"]),
                    rooms=tuple(str(r) for r in d.get("rooms", ())),
-                   prev=str(prev) if prev else None)
+                   prev=str(prev) if prev else None, oper=d.get("oper") is True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,18 +336,27 @@ class Relay:
         self._leases[folded] = info.token
         return ClaimResult(True, self._stale(old, info.token))
 
-    async def resume(self, folded: str, old_token: str, info: NameInfo) -> bool:
-        """Take a name over with the resume credential of its previous session."""
+    async def resume(self, folded: str, old_token: str, info: NameInfo) -> ClaimResult:
+        """Take a name over with the resume credential of its previous session; the
+        result's ``stale`` is what the previous session had recorded (None if nothing)."""
         k = self.keys
         async with _translated("resume"):
-            ok, _ = await self._resume(
+            ok, old = await self._resume(
                 keys=[k.nicks, k.lease(folded), k.info, k.owned(self.node_id), k.nodes,
                       k.alive(self.node_id)],
                 args=[folded, old_token, info.token, self._ttl_ms, info.serialize(),
                       self.node_id])
-        if ok:
-            self._leases[folded] = info.token
-        return bool(ok)
+        if not ok:
+            return ClaimResult(False)
+        self._leases[folded] = info.token
+        return ClaimResult(True, self._stale(old, info.token))
+
+    async def update_info(self, folded: str, info: NameInfo) -> None:
+        """Rewrite a held name's info entry (only while its lease is ``info.token``)."""
+        k = self.keys
+        async with _translated("info"):
+            await self._update_info(keys=[k.info, k.lease(folded)],
+                                    args=[folded, info.token, info.serialize()])
 
     async def rename(self, old_folded: str, new_folded: str, info: NameInfo) -> ClaimResult:
         k = self.keys

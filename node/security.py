@@ -619,6 +619,8 @@ class Security:
                                          what="operator secret")
                 s.oper = True
                 audit(s.nick, "oper", s.nick, via="secret")
+                with contextlib.suppress(RelayUnavailable):  # only a resume would miss it
+                    await self.node.relay.update_info(s.folded, self.node.name_info(s))
                 s.send(Notice("you are now an operator"))
                 s.send(Ack(cmd.ref))
             case _:
@@ -796,6 +798,12 @@ class Security:
                 s.send(Notice(f"you may speak again (unmuted by {e.by})"))
             elif e.action == "ghost":
                 self.ghost(s)
+
+    def restore_oper(self, s: Session) -> None:
+        """A resume of an operator's session: it stays an operator (whoever holds the
+        resume token holds the session)."""
+        s.oper = True
+        audit(s.nick, "oper", s.nick, via="resume")
 
     def ghost(self, s: Session) -> None:
         """Someone logged in to this session's name with its password: end this one."""

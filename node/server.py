@@ -231,9 +231,10 @@ class ChatNode:
 
     # ------------------------------------------------------------------ names
 
-    def _info(self, s: Session, nick: str | None = None) -> NameInfo:
+    def name_info(self, s: Session, nick: str | None = None) -> NameInfo:
+        """What the cluster records of ``s``'s name (``{nicks}:info``)."""
         return NameInfo(nick or s.nick, s.token, self.config.node_id, tuple(s.rooms),
-                        prev=s.resumed_from)
+                        prev=s.resumed_from, oper=s.oper)
 
     async def register(self, s: Session, nick: str, folded: str) -> None:
         if folded in self.local:
@@ -287,11 +288,14 @@ class ChatNode:
             return False
         s.token = self.relay.new_token()
         s.resumed_from = token
-        if not await self.relay.resume(folded, token, self._info(s, nick)):
+        result = await self.relay.resume(folded, token, self.name_info(s, nick))
+        if not result.ok:
             s.resumed_from = None
             return False
         s.nick, s.folded = nick, folded
         self.local[folded] = s
+        if result.stale is not None and result.stale.oper:
+            self.security.restore_oper(s)
         return True
 
     async def _bury(self, folded: str, stale: NameInfo) -> None:
@@ -303,7 +307,7 @@ class ChatNode:
         holder = self.local.get(new_folded)
         if holder is not None and holder is not s:
             raise NickTaken(f"{new} is in use")
-        result = await self.relay.rename(s.folded, new_folded, self._info(s, new))
+        result = await self.relay.rename(s.folded, new_folded, self.name_info(s, new))
         if not result.ok:
             raise NickTaken(f"{new} is in use")
         old, old_folded = s.nick, s.folded
@@ -338,7 +342,7 @@ class ChatNode:
         the session resumed elsewhere, this one is stale and ends; if someone else claimed
         the name meanwhile, the first claimant keeps it and this user gets a free variant."""
         try:
-            result = await self.relay.claim(folded, self._info(s))
+            result = await self.relay.claim(folded, self.name_info(s))
             if result.ok:
                 log.info("lease re-asserted", nick=s.nick)
                 return
@@ -382,7 +386,7 @@ class ChatNode:
             if new_folded in self.local:
                 continue
             try:
-                result = await self.relay.claim(new_folded, self._info(s, new))
+                result = await self.relay.claim(new_folded, self.name_info(s, new))
             except RelayUnavailable:
                 break
             if result.ok:
@@ -401,7 +405,7 @@ class ChatNode:
                       f"could not vouch for it; you are now {new}"))
         with contextlib.suppress(RelayUnavailable):
             for room in s.rooms:
-                await self.relay.join(room, new_folded, self._info(s), announce=False)
+                await self.relay.join(room, new_folded, self.name_info(s), announce=False)
             await self.relay.rename_in_rooms(folded, new_folded, old, new, s.rooms, s.sid,
                                              move_members=False)
 
@@ -417,7 +421,7 @@ class ChatNode:
             await self.relay.renew()  # heartbeat back; every lease reported lost
             for s in list(self.local.values()):
                 for room in s.rooms:
-                    await self.relay.join(room, s.folded, self._info(s), announce=False)
+                    await self.relay.join(room, s.folded, self.name_info(s), announce=False)
             for room, feed in self.feeds.items():
                 feed.last = None
                 feed.start = await self.relay.latest_id(room)
@@ -435,7 +439,7 @@ class ChatNode:
         self.rooms.setdefault(room, set()).add(s)
         s.rooms.append(room)
         try:
-            await self.relay.join(room, s.folded, self._info(s), announce=announce)
+            await self.relay.join(room, s.folded, self.name_info(s), announce=announce)
         except BaseException:
             s.rooms.remove(room)
             await self._leave_local(s, room)
@@ -444,7 +448,7 @@ class ChatNode:
     async def part(self, s: Session, room: str) -> None:
         s.rooms.remove(room)
         await self._leave_local(s, room)
-        await self.relay.part(room, s.folded, self._info(s))
+        await self.relay.part(room, s.folded, self.name_info(s))
 
     async def _subscribed(self, room: str) -> None:
         task = self._subs.get(room)

@@ -659,3 +659,29 @@ async def test_the_hubbub_client_registers_and_operates(fake_server: fakeredis.F
             client.quit()
             async with asyncio.timeout(5):
                 await runner
+
+
+async def test_an_operator_stays_one_after_resuming_on_another_node(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with two_nodes(fake_server, oper_secret=OPER) as (a, b):
+        op = await JsonClient.connect(port(a))
+        await op.op("hello", nick="opal")
+        token = (await op.event("welcome"))["token"]
+        await op.op("oper", secret=OPER, ref=1)
+        await op.event("ack", ref=1)
+        plain = await JsonClient.connect(port(a))
+        await plain.op("hello", nick="pat")
+        plain_token = (await plain.event("welcome"))["token"]
+        bob = await text_user(port(b), "bob")
+        # both move to node b with their resume tokens (as after a failover)
+        moved = await JsonClient.connect(port(b))
+        await moved.op("hello", nick="opal", token=token)
+        assert (await moved.event("welcome"))["resumed"] is True
+        await moved.op("kick", nick="bob", ref=2)
+        await moved.event("ack", ref=2)
+        assert (await bob.expect("!")).startswith("! kicked: you were kicked by opal")
+        moved_plain = await JsonClient.connect(port(b))
+        await moved_plain.op("hello", nick="pat", token=plain_token)
+        assert (await moved_plain.event("welcome"))["resumed"] is True
+        await moved_plain.op("kick", nick="opal", ref=3)
+        assert (await moved_plain.event("error", ref=3))["code"] == "not-operator"
