@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cli.client.shown import Shown, plain, safe
 from cli.client.state import CATCHUP_PAGE, Address, ClientState, id_key
+from node.errors import ProtocolError
+from node.protocol import JSON, TEXT
 
 A, B = Address("a", 1), Address("b", 2)
 
@@ -225,3 +231,40 @@ def test_the_bans_listing_is_shown() -> None:
     assert [x.text for x in shown] == [
         "2 bans or mutes in force", "ip-ban 10.0.0.1: 60.0 s left, by op",
         f"mute {safe('bob' + chr(27) + '[2J')}: 5.5 s left, by op: hush"]
+
+
+_words = st.text(alphabet=st.characters(whitelist_categories=("L", "N"), max_codepoint=0x2FF),
+                 min_size=1, max_size=12)
+_duration = st.sampled_from(["", " 30s", " 10m", " 2h", " 7d"])
+_lines = st.one_of(
+    st.builds(lambda w: f"/register {w}", _words),
+    st.builds(lambda w: f"/password {w}", _words),
+    st.builds(lambda n, w: f"/login {n} {w}", _words, _words),
+    st.builds(lambda w: f"/oper {w}", _words),
+    st.builds(lambda n, r: f"/kick {n} {r}".rstrip(), _words, st.text(max_size=20)),
+    st.builds(lambda n, d, r: f"/ban {n}{d} {r}".rstrip(), _words, _duration,
+              st.text(max_size=20)),
+    st.builds(lambda n, d: f"/mute {n}{d}", _words, _duration),
+    st.builds(lambda n: f"/unban {n}", _words),
+    st.builds(lambda n: f"/unmute {n}", _words),
+    st.just("/bans"),
+)
+
+
+@settings(max_examples=300)
+@given(line=_lines)
+def test_the_op_sent_means_what_the_line_means_to_a_node(line: str) -> None:
+    """Whatever the client sends for a typed account or operator command, a node reading
+    that JSON op understands the same command as a node reading the typed line."""
+    s = ClientState([A], "me")
+    welcomed(s)
+    try:
+        typed = TEXT.parse(line, True)
+    except ProtocolError as exc:
+        shown, ops = s.command(line)
+        assert ops == [] and [x.code for x in shown] == [exc.code]
+        return
+    shown, [op] = s.command(line)
+    assert shown == []
+    sent = JSON.parse(json.dumps(op), True)
+    assert sent == replace(typed, ref=op["ref"])  # type: ignore[type-var]
