@@ -46,7 +46,7 @@ class _NodeCollector(Collector):
                                 value=1 if ready and not node.stopping else 0)
         yield GaugeMetricFamily("hubbub_redis_clock_offset_seconds",
                                 "Redis's clock minus this node's (message deadlines use "
-                                "Redis's clock).", value=relay.clock_offset)
+                                "Redis's clock).", value=relay.publisher.clock_offset)
         if relay.canary_at is not None:
             age = asyncio.get_running_loop().time() - relay.canary_at
             yield GaugeMetricFamily("hubbub_canary_age_seconds",
@@ -54,7 +54,7 @@ class _NodeCollector(Collector):
         for name, doc, value in (
             ("connections_accepted", "Client connections accepted.", node.stats.connections),
             ("messages_in", "Room messages from this node's users, stored and published.",
-             relay.stats.published),
+             relay.publisher.stats.published),
             ("messages_out", "Events queued to this node's clients.", node.stats.delivered),
             ("bus_received", "Envelopes received from the bus.", relay.stats.received),
             ("bad_envelopes", "Unreadable bus envelopes dropped.", relay.stats.bad_envelopes),
@@ -69,11 +69,11 @@ class _NodeCollector(Collector):
              relay.stats.leases_lost),
             ("names_reaped", "Names of dead nodes released by this node.", relay.stats.reaped),
             ("outbox_held", "Messages that waited in the outbox for Redis.",
-             relay.stats.outboxed),
+             relay.publisher.stats.outboxed),
             ("outbox_expired", "Messages not relayed: Redis stayed away too long.",
-             relay.stats.outbox_expired),
+             relay.publisher.stats.outbox_expired),
             ("outbox_refused", "Messages not relayed: the outbox was full.",
-             relay.stats.outbox_refused),
+             relay.publisher.stats.outbox_refused),
             ("redis_data_resets", "Times Redis was found to have lost its data.",
              relay.stats.data_resets),
             ("name_claim_retries", "Name claims tried again because Redis was away or "
@@ -83,7 +83,7 @@ class _NodeCollector(Collector):
              relay.stats.departures_deferred),
             ("publish_too_late", "Messages Redis got to only after the sender had been "
              "told they were not relayed (a frozen Redis thawing): published nothing.",
-             relay.stats.publish_too_late),
+             relay.publisher.stats.publish_too_late),
             ("relay_loop_restarts", "Relay loops (listen, renew, reap, canary) restarted "
              "after an unexpected error.", relay.stats.loop_restarts),
             ("deaf_subscription_rebuilds", "Subscriptions rebuilt because canaries stopped "
@@ -116,7 +116,7 @@ class _NodeCollector(Collector):
         yield CounterMetricFamily("hubbub_operator_actions", "Operator actions carried out "
                                   "(each also logged as an audit event).",
                                   value=security.operator_actions)
-        yield from relay.publish_seconds.collect()
+        yield from relay.publisher.publish_seconds.collect()
         yield from relay.canary_seconds.collect()
 
 

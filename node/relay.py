@@ -16,22 +16,22 @@ Theory of operation
   (quits, nick changes); room channels are added while the node has local members in the
   room.  If the subscription fails it is rebuilt with capped, jittered backoff and every
   channel is subscribed again.
-* **Errors.**  Every Redis failure is translated into :class:`RelayUnavailable` here;
-  nothing above the relay sees a redis-py exception.
+* **Publishing** room messages (rounds of pipelined scripts, the outbox, once-keys and
+  deadlines) is the job of its :class:`~node.publisher.Publisher` (``relay.publisher``).
+* **Errors.**  Every Redis failure is translated into :class:`RelayUnavailable` here
+  (:mod:`node.redis_errors`); nothing above the relay sees a redis-py exception.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import random
 import secrets
 import time
 import types
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,9 +39,7 @@ import structlog
 from prometheus_client import Histogram
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError, ResponseError
 
 from . import envelope as env
 from . import scripts
@@ -50,6 +48,8 @@ from .config import NodeConfig
 from .errors import NoSuchNick, RedisMisconfigured, RelayUnavailable
 from .keys import Keys
 from .pause import cancel_pending, pause
+from .publisher import Published, Publisher
+from .redis_errors import describe, transient, translated
 
 __all__ = ["BusSink", "ClaimResult", "NameInfo", "Published", "Relay", "RelayStats",
            "describe"]
@@ -57,42 +57,7 @@ __all__ = ["BusSink", "ClaimResult", "NameInfo", "Published", "Relay", "RelaySta
 log = structlog.get_logger("hubbub.relay")
 
 _RENEW_CHUNK = 500
-CLOCK_WARN = 1.0
-"""Seconds of difference between this node's clock and Redis's that are logged."""
 _REAP_CHUNK = 200
-
-
-Published = Callable[["str | RelayUnavailable"], None]
-"""Told a submitted room message's id, or why it was not relayed."""
-
-
-class _Pending:
-    """A room message on its way to Redis."""
-
-    __slots__ = ("deadline_ms", "done", "msg", "once", "since")
-
-    def __init__(self, msg: env.RoomMsg, once: str, done: Published,
-                 deadline_ms: int) -> None:
-        self.msg = msg
-        self.once = once
-        """The message's once-key: a retry of an attempt that did run returns its id."""
-        self.done = done
-        self.deadline_ms = deadline_ms
-        """Unix time (ms) after which Redis must not publish it: by then its sender may
-        have been told it was not relayed."""
-        self.since = 0.0
-        """Loop time at which it entered the outbox."""
-
-    def resolve(self, result: str | RelayUnavailable) -> None:
-        try:
-            self.done(result)
-        except Exception:  # a sender's bug must not stop the publishing of the others
-            log.exception("publish callback failed")
-
-    def fail(self, text: str, cause: BaseException | None = None) -> None:
-        error = RelayUnavailable(text)
-        error.__cause__ = cause
-        self.resolve(error)
 
 
 class BusSink(Protocol):
@@ -147,7 +112,6 @@ class ClaimResult:
 
 @dataclass(slots=True)
 class RelayStats:
-    published: int = 0
     received: int = 0
     bad_envelopes: int = 0
     reconnects: int = 0
@@ -157,13 +121,9 @@ class RelayStats:
     reaped: int = 0
     deaf_rebuilds: int = 0
     data_resets: int = 0
-    outboxed: int = 0
-    outbox_expired: int = 0
-    outbox_refused: int = 0
     loop_restarts: int = 0
     claim_retries: int = 0
     departures_deferred: int = 0
-    publish_too_late: int = 0
 
 
 @dataclass
@@ -178,31 +138,15 @@ class _Departure:
     announced: bool = False
 
 
-@asynccontextmanager
-async def _translated(what: str) -> AsyncIterator[None]:
-    try:
-        yield
-    except (RedisError, OSError, RuntimeError) as exc:
-        # RuntimeError: uvloop's "unable to perform operation on <TCPTransport closed=True>"
-        # when redis-py writes to a connection that was reset under it
-        raise RelayUnavailable(f"the cluster relay (Redis) is unavailable ({what}); "
-                               "try again shortly") from exc
-
-
 class Relay:
     """Everything a node does with Redis.  See the module docstring."""
 
     def __init__(self, redis: Redis, config: NodeConfig, sink: BusSink,
                  clock: Callable[[], float] = time.time) -> None:
-        """``clock``: this node's wall clock (Unix seconds); message deadlines are set on
-        Redis's clock, through the measured offset between the two."""
+        """``clock``: this node's wall clock, for the publisher's deadlines."""
         self._redis = redis
         self._cfg = config
         self._sink = sink
-        self._clock = clock
-        self.clock_offset = 0.0
-        """Redis's clock minus this node's, in seconds (measured with TIME)."""
-        self._clock_warned = False
         self.keys = Keys(config.prefix)
         self.node_id = config.node_id
         self.stats = RelayStats()
@@ -213,18 +157,8 @@ class Relay:
         self._ready = asyncio.Event()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._rebuild = False
-        self._msg_keys = itertools.count(1)
-        # unique per process: a restarted node must not reuse its predecessor's keys
-        self._once_prefix = f"{config.node_id}:{secrets.token_hex(6)}"
-        self._outbox: deque[_Pending] = deque()
-        """Messages held while Redis is away, oldest first."""
-        self._batch: deque[_Pending] = deque()
-        """Messages queued for the next publishing round (Redis answering)."""
-        self._flusher: asyncio.Task[None] | None = None
         self._departures: dict[str, _Departure] = {}
         self._departing: asyncio.Task[None] | None = None
-        # a retry may come up to outbox_seconds (+ one command timeout) after the first try
-        self._once_ttl_ms = int((config.outbox_seconds + 2 * config.redis_timeout + 5) * 1000)
         self._policy_checked = False
         self._epoch: bytes | str | None = None
         self._subscribed_at = 0.0
@@ -235,9 +169,6 @@ class Relay:
         self.canary_at: float | None = None
         """Loop time at which a canary last came back through the subscription."""
         self.canary_rtt: float | None = None
-        self.publish_seconds = Histogram(
-            "hubbub_publish_seconds", "Time to store and publish one room message.",
-            registry=None, buckets=(.0005, .001, .002, .005, .01, .025, .05, .1, .25, 1))
         self.canary_seconds = Histogram(
             "hubbub_canary_rtt_seconds", "Round trip of the node's bus canary.",
             registry=None, buckets=(.0005, .001, .002, .005, .01, .025, .05, .1, .25, 1, 5))
@@ -248,10 +179,10 @@ class Relay:
         self._update_info = s(scripts.UPDATE_INFO)
         self._renew = s(scripts.RENEW)
         self._reap = s(scripts.REAP)
-        self._publish = s(scripts.PUBLISH_MSG)
         self._resume = s(scripts.RESUME)
+        self.publisher = Publisher(redis, config, self.keys, clock)
         self._scripts = (self._claim, self._release, self._rename, self._update_info,
-                         self._renew, self._reap, self._publish, self._resume)
+                         self._renew, self._reap, self.publisher.script, self._resume)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -294,7 +225,7 @@ class Relay:
 
     async def close(self) -> None:
         """Forget this node's heartbeat so peers need not wait for it to expire."""
-        async with _translated("close"):
+        async with translated("close"):
             pipe = self._redis.pipeline(transaction=False)
             pipe.delete(self.keys.alive(self.node_id))
             pipe.srem(self.keys.nodes, self.node_id)
@@ -316,7 +247,7 @@ class Relay:
         delays = backoff(initial=0.05, maximum=0.5)
         while True:
             try:
-                async with _translated("claim"):
+                async with translated("claim"):
                     ok, old = await self._claim(
                         keys=[k.nicks, k.lease(folded), k.info, k.owned(self.node_id),
                               k.nodes, k.alive(self.node_id)],
@@ -325,7 +256,7 @@ class Relay:
                 break
             except RelayUnavailable as exc:
                 delay = next(delays)
-                if not _transient(exc) or loop.time() + delay > give_up:
+                if not transient(exc) or loop.time() + delay > give_up:
                     self._depart_later(_Departure(folded, info.token, info.nick, (), None,
                                                   announced=True))
                     raise
@@ -340,7 +271,7 @@ class Relay:
         """Take a name over with the resume credential of its previous session; the
         result's ``stale`` is what the previous session had recorded (None if nothing)."""
         k = self.keys
-        async with _translated("resume"):
+        async with translated("resume"):
             ok, old = await self._resume(
                 keys=[k.nicks, k.lease(folded), k.info, k.owned(self.node_id), k.nodes,
                       k.alive(self.node_id)],
@@ -354,13 +285,13 @@ class Relay:
     async def update_info(self, folded: str, info: NameInfo) -> None:
         """Rewrite a held name's info entry (only while its lease is ``info.token``)."""
         k = self.keys
-        async with _translated("info"):
+        async with translated("info"):
             await self._update_info(keys=[k.info, k.lease(folded)],
                                     args=[folded, info.token, info.serialize()])
 
     async def rename(self, old_folded: str, new_folded: str, info: NameInfo) -> ClaimResult:
         k = self.keys
-        async with _translated("rename"):
+        async with translated("rename"):
             ok, old = await self._rename(
                 keys=[k.nicks, k.lease(new_folded), k.info, k.owned(self.node_id), k.nodes,
                       k.lease(old_folded), k.alive(self.node_id)],
@@ -376,7 +307,7 @@ class Relay:
         if self._leases.get(folded) == token:
             del self._leases[folded]
         k = self.keys
-        async with _translated("release"):
+        async with translated("release"):
             await self._release(keys=[k.nicks, k.lease(folded), k.info, k.owned(self.node_id)],
                                 args=[folded, token])
 
@@ -433,7 +364,7 @@ class Relay:
         self._leases.pop(folded, None)
 
     async def lookup(self, folded: str) -> NameInfo | None:
-        async with _translated("lookup"):
+        async with translated("lookup"):
             raw = await self._redis.hget(self.keys.info, folded)
         return NameInfo.parse(raw) if raw else None
 
@@ -452,7 +383,7 @@ class Relay:
                    announce: bool = True) -> None:
         """Record membership cluster-wide and (unless resuming) announce it."""
         k = self.keys
-        async with _translated("join"):
+        async with translated("join"):
             pipe = self._redis.pipeline(transaction=False)
             pipe.hset(k.members(room), folded, info.nick)
             pipe.sadd(k.rooms, room)
@@ -464,7 +395,7 @@ class Relay:
 
     async def part(self, room: str, folded: str, info: NameInfo, *, announce: bool = True) -> None:
         k = self.keys
-        async with _translated("part"):
+        async with translated("part"):
             pipe = self._redis.pipeline(transaction=False)
             pipe.hdel(k.members(room), folded)
             await self._update_info(keys=[k.info, k.lease(folded)],
@@ -478,7 +409,7 @@ class Relay:
         """Remove a departing user from its rooms and announce its quit once."""
         rooms = tuple(rooms)
         k = self.keys
-        async with _translated("quit"):
+        async with translated("quit"):
             pipe = self._redis.pipeline(transaction=False)
             for room in rooms:
                 pipe.hdel(k.members(room), folded)
@@ -491,7 +422,7 @@ class Relay:
         """Announce a nick change to ``rooms`` (and move the membership entries, unless
         the old name now belongs to someone else)."""
         k = self.keys
-        async with _translated("nick"):
+        async with translated("nick"):
             pipe = self._redis.pipeline(transaction=False)
             for room in rooms if move_members else ():
                 if old_folded != new_folded:
@@ -501,14 +432,14 @@ class Relay:
             await pipe.execute()
 
     async def who(self, room: str) -> list[str]:
-        async with _translated("who"):
+        async with translated("who"):
             nicks = await self._redis.hvals(self.keys.members(room))
         return sorted((_text(n) for n in nicks), key=str.casefold)
 
     async def rooms(self) -> list[tuple[str, int]]:
         """Rooms with members, cluster-wide; empty rooms are dropped from the index."""
         k = self.keys
-        async with _translated("rooms"):
+        async with translated("rooms"):
             names = sorted(_text(r) for r in await self._redis.smembers(k.rooms))
             pipe = self._redis.pipeline(transaction=False)
             for name in names:
@@ -521,7 +452,7 @@ class Relay:
 
     async def latest_id(self, room: str) -> str:
         """The newest id in a room's stream ("0-0" when it is empty)."""
-        async with _translated("history"):
+        async with translated("history"):
             entries = await self._redis.xrevrange(self.keys.history(room), count=1)
         return _text(entries[0][0] or "0-0") if entries else "0-0"
 
@@ -529,7 +460,7 @@ class Relay:
                       ) -> list[env.RoomMsg]:
         """The last ``limit`` messages, or the first ``limit`` with an id above ``after``."""
         key = self.keys.history(room)
-        async with _translated("history"):
+        async with translated("history"):
             if after is None:
                 entries = list(reversed(await self._redis.xrevrange(key, count=limit) or []))
             else:
@@ -549,229 +480,32 @@ class Relay:
     # ------------------------------------------------------------------ publishing
 
     async def say(self, msg: env.RoomMsg) -> str:
-        """Store and publish a room message in one atomic step; returns its id."""
-        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-        def done(result: str | RelayUnavailable) -> None:
-            if waiter.done():
-                return
-            if isinstance(result, RelayUnavailable):
-                waiter.set_exception(result)
-            else:
-                waiter.set_result(result)
-
-        self.submit(msg, done)
-        return await waiter
+        """Store and publish a room message (see :class:`~node.publisher.Publisher`)."""
+        return await self.publisher.say(msg)
 
     def submit(self, msg: env.RoomMsg, done: Published) -> None:
-        """Queue a room message for publishing; ``done`` gets its id or the error.
-
-        Never waits: messages are published in the order they are submitted, many to one
-        Redis round trip (see :meth:`_pump`), and ``done`` is called in that order, from
-        the publishing task as soon as Redis answered (or at once, if refused here).
-        While Redis cannot be reached messages wait in the node's outbox (at most
-        ``outbox_seconds`` and ``outbox_max`` messages), behind any that wait already,
-        and are published in order when Redis is back; past the bounds ``done`` gets
-        RelayUnavailable, so nothing is dropped without its sender knowing.
-        """
-        entry = _Pending(msg, f"{self._once_prefix}:{next(self._msg_keys)}", done,
-                         self._deadline())
-        if self._outbox:  # Redis is away: wait behind the messages held already
-            if len(self._outbox) >= self._cfg.outbox_max:
-                self.stats.outbox_refused += 1
-                entry.fail("the cluster relay is unavailable and this node's outbox is full; "
-                           "your message was not sent")
-                return
-            entry.since = asyncio.get_running_loop().time()
-            self._outbox.append(entry)
-            self.stats.outboxed += 1
-        else:
-            self._batch.append(entry)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._pump(), name="relay-publish")
-
-    async def _pump(self) -> None:
-        """The one task that publishes room messages, oldest first, until none are left.
-
-        Each round sends every queued message (up to ``publish_batch``) as one pipeline of
-        EVALSHAs, so under load many messages share one round trip; while a round is in
-        flight the next one fills up.  Redis runs a pipeline's commands in order, so the
-        order of submission is the order of publication.  A round that fails because
-        Redis is unreachable or slow moves its messages, and every message queued behind
-        them, into the outbox, which is retried in order with backoff (each message's
-        once-key makes a retry of one that did run return its first id); messages that
-        waited longer than ``outbox_seconds`` are refused.
-        """
-        loop = asyncio.get_running_loop()
-        delays: Iterator[float] | None = None
-        cause: BaseException | None = None
-        while self._outbox or self._batch:
-            if self._outbox:
-                now = loop.time()
-                while self._outbox and now - self._outbox[0].since > self._cfg.outbox_seconds:
-                    self.stats.outbox_expired += 1
-                    self._outbox.popleft().fail("the cluster relay stayed unavailable; your "
-                                                "message was not sent", cause)
-                if not self._outbox:
-                    continue
-                held = list(itertools.islice(self._outbox, self._cfg.publish_batch))
-                try:
-                    results = await self._publish_many(
-                        [(e.msg, e.once, e.deadline_ms) for e in held])
-                except RelayUnavailable as exc:
-                    cause = exc.__cause__
-                    if delays is None:
-                        delays = backoff(initial=0.05, maximum=0.5)
-                    await pause(next(delays))
-                    continue
-                delays = None
-                for entry, result in zip(held, results, strict=True):
-                    self._outbox.popleft()
-                    entry.resolve(result)
-                continue
-            size = min(self._cfg.publish_batch, len(self._batch))
-            batch = [self._batch.popleft() for _ in range(size)]
-            try:
-                results = await self._publish_many(
-                    [(e.msg, e.once, e.deadline_ms) for e in batch])
-            except RelayUnavailable as exc:
-                if not _transient(exc) or self._cfg.outbox_seconds <= 0:
-                    for entry in batch:
-                        entry.fail(exc.text, exc.__cause__)
-                    continue
-                self._hold(batch, loop.time())
-                continue
-            for entry, result in zip(batch, results, strict=True):
-                entry.resolve(result)
-
-    def _hold(self, failed: list[_Pending], now: float) -> None:
-        """Redis went away under a round: its messages and every one queued behind them
-        wait in the outbox, in order; past ``outbox_max`` the newest are refused."""
-        for entry in itertools.chain(failed, self._batch):
-            if len(self._outbox) >= self._cfg.outbox_max:
-                self.stats.outbox_refused += 1
-                entry.fail("the cluster relay is unavailable and this node's outbox is "
-                           "full; your message was not sent")
-                continue
-            entry.since = now
-            self._outbox.append(entry)
-            self.stats.outboxed += 1
-        self._batch.clear()
-
-    def _deadline(self) -> int:
-        """When a message said now is refused to its sender at the earliest (the outbox
-        bound, or one command timeout without an outbox), as Unix time in ms: the
-        publishing script does nothing after it, so a frozen Redis that thaws cannot
-        deliver a line its sender was told had failed."""
-        window = self._cfg.outbox_seconds if self._cfg.outbox_seconds > 0 else \
-            self._cfg.redis_timeout
-        return int((self._clock() + self.clock_offset + window) * 1000)
-
-    async def sync_clock(self) -> None:
-        """Measure how far Redis's clock is from this node's (TIME, halfway through the
-        round trip).  Deadlines are checked by Redis against its own clock: a node whose
-        clock lags Redis's by more than the outbox window would otherwise see every
-        message refused as too late, and one ahead would let a thawed Redis publish lines
-        their senders were told had failed."""
-        before = self._clock()
-        seconds, micros = await self._redis.time()
-        after = self._clock()
-        if after - before > 0.5:  # too slow a round trip to say much; keep the last
-            return
-        self.clock_offset = seconds + micros / 1e6 - (before + after) / 2
-        skewed = abs(self.clock_offset) > CLOCK_WARN
-        if skewed and not self._clock_warned:
-            log.warning("this node's clock differs from Redis's; message deadlines follow "
-                        "Redis's clock", offset_seconds=round(self.clock_offset, 3))
-        self._clock_warned = skewed
-
-    async def _publish_once(self, msg: env.RoomMsg, once: str,
-                            deadline_ms: int | None = None) -> str:
-        """Publish one message (with its once-key) in a round of its own."""
-        (result,) = await self._publish_many(
-            [(msg, once, self._deadline() if deadline_ms is None else deadline_ms)])
-        if isinstance(result, RelayUnavailable):
-            raise result
-        return result
-
-    async def _publish_many(self, msgs: Sequence[tuple[env.RoomMsg, str, int]]
-                            ) -> list[str | RelayUnavailable]:
-        """Run PUBLISH_MSG for each ``(message, once-key, deadline)`` in one pipeline, in
-        order.
-
-        Raises RelayUnavailable when the round as a whole failed (Redis unreachable,
-        slow, or the connection broke): any prefix of it may have run, which the
-        once-keys make safe to retry.  Otherwise each message gets its id, or the
-        RelayUnavailable that refuses it alone (Redis refused that command: later ones
-        in the round did run, so it is not retried).  A Redis that forgot the script
-        (restarted) is sent it again and the round's tail re-run once.
-        """
-        k = self.keys
-        started = time.perf_counter()
-        args = (self._cfg.history_max, self._once_ttl_ms)
-        sha = self._publish.sha
-        results: list[Any] = []
-        try:
-            async with _translated("publish"):
-                todo = list(msgs)
-                for attempt in (1, 2):
-                    pipe = self._redis.pipeline(transaction=False)
-                    for msg, once, deadline_ms in todo:
-                        pipe.evalsha(sha, 3, k.history(msg.room), k.room_channel(msg.room),
-                                     k.once(msg.room, once), msg.serialize(), *args,
-                                     deadline_ms)
-                    got = await pipe.execute(raise_on_error=False)
-                    first = next((i for i, r in enumerate(got) if isinstance(r, NoScriptError)),
-                                 None)
-                    if first is None or attempt == 2 or not all(
-                            isinstance(r, NoScriptError) for r in got[first:]):
-                        results.extend(got)
-                        break
-                    results.extend(got[:first])
-                    todo = todo[first:]
-                    await self._redis.script_load(self._publish.script)
-        except RelayUnavailable:
-            raise
-        except Exception as exc:  # a bug, not Redis: answer every sender rather than none
-            log.exception("publishing round failed")
-            results.extend([exc] * (len(msgs) - len(results)))
-        elapsed = time.perf_counter() - started
-        out: list[str | RelayUnavailable] = []
-        for result in results:
-            if isinstance(result, Exception):
-                error = RelayUnavailable("the cluster relay (Redis) refused the message; "
-                                         "try again shortly")
-                error.__cause__ = result
-                out.append(error)
-            elif result is None:  # Redis got to it past its deadline: published nothing
-                self.stats.publish_too_late += 1
-                out.append(RelayUnavailable("the cluster relay did not get to your message "
-                                            "in time; it was not sent"))
-            else:
-                self.publish_seconds.observe(elapsed)
-                self.stats.published += 1
-                out.append(result.decode() if isinstance(result, bytes) else str(result))
-        return out
+        """Queue a room message for publishing (see :meth:`Publisher.submit`)."""
+        self.publisher.submit(msg, done)
 
     async def private(self, msg: env.DirectMsg, node: str) -> None:
         """Publish a private message to the node holding its recipient."""
-        async with _translated("pm"):
+        async with translated("pm"):
             receivers = await self._redis.publish(self.keys.node_channel(node), msg.serialize())
         if not receivers:
             raise NoSuchNick(f"{msg.to} is not online")
-        self.stats.published += 1
+        self.publisher.stats.published += 1
 
     async def sanction(self, sanction: env.Sanction, node: str) -> bool:
         """Send an operator's kick/ban/mute to the node holding its target (the private
         message path); False when no node received it."""
-        async with _translated("sanction"):
+        async with translated("sanction"):
             receivers = await self._redis.publish(self.keys.node_channel(node),
                                                   sanction.serialize())
         return bool(receivers)
 
     async def broadcast(self, sanction: env.Sanction) -> None:
         """Send an operator's action to every node (an address ban)."""
-        async with _translated("sanction"):
+        async with translated("sanction"):
             await self._redis.publish(self.keys.events, sanction.serialize())
 
     # ------------------------------------------------------------------ subscriptions
@@ -792,7 +526,7 @@ class Relay:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(channel, []).append(waiter)
         try:
-            async with _translated("subscribe"), asyncio.timeout(self._cfg.redis_timeout):
+            async with translated("subscribe"), asyncio.timeout(self._cfg.redis_timeout):
                 await pubsub.subscribe(channel)
                 await waiter
         except BaseException:
@@ -820,7 +554,7 @@ class Relay:
             try:
                 await self._load_scripts()
                 async with asyncio.timeout(self._cfg.redis_timeout):
-                    await self.sync_clock()
+                    await self.publisher.sync_clock()
                 if not self._policy_checked:
                     await self._check_policy()
                 await self._subscribe_all(pubsub)
@@ -967,7 +701,7 @@ class Relay:
             try:
                 async with asyncio.timeout(self._cfg.redis_timeout):
                     await self._check_epoch()
-                    await self.sync_clock()
+                    await self.publisher.sync_clock()
             except (RedisError, OSError, RuntimeError) as exc:
                 log.debug("epoch check failed", error=describe(exc))
             await pause(self._cfg.canary_interval)
@@ -1027,7 +761,7 @@ class Relay:
         held = list(self._leases.items())
         chunks = [held[i:i + _RENEW_CHUNK] for i in range(0, len(held), _RENEW_CHUNK)] or [[]]
         lost: list[str] = []
-        async with _translated("renew"):
+        async with translated("renew"):
             for chunk in chunks:
                 positions = await self._renew(
                     keys=[k.alive(self.node_id), k.nodes, *(k.lease(f) for f, _ in chunk)],
@@ -1052,7 +786,7 @@ class Relay:
         """Release the names of nodes whose heartbeat expired; returns how many."""
         k = self.keys
         released = 0
-        async with _translated("reap"):
+        async with translated("reap"):
             nodes = [_text(n) for n in await self._redis.smembers(k.nodes)]
             nodes = [n for n in nodes if n != self.node_id]
             if not nodes:
@@ -1089,17 +823,6 @@ def _pairs(flat: Sequence[bytes | str]) -> list[tuple[str, NameInfo]]:
         except (ValueError, KeyError):
             continue
     return out
-
-
-def _transient(exc: RelayUnavailable) -> bool:
-    """Redis unreachable or slow (worth waiting for), not a command Redis refused."""
-    return isinstance(exc.__cause__, OSError | RedisConnectionError | RedisTimeoutError |
-                      RuntimeError)
-
-
-def describe(exc: BaseException) -> str:
-    """``Type: message`` (redis-py's own repr leaves the message out)."""
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _text(value: bytes | str) -> str:

@@ -95,7 +95,7 @@ from .model import (
     Unmute,
 )
 from .names import check_nick, clean_text, fold_nick
-from .relay import _translated as translated
+from .redis_errors import translated
 
 if TYPE_CHECKING:
     from .server import ChatNode

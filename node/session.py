@@ -81,7 +81,7 @@ from .model import (
 from .names import check_nick, check_room, clean_text, fold_nick
 from .outbox import SendQueue
 from .protocol import ServerConnection
-from .relay import describe
+from .redis_errors import describe
 from .security import SECURITY_COMMANDS
 
 if TYPE_CHECKING:

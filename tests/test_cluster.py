@@ -384,7 +384,7 @@ async def test_messages_said_while_redis_is_away_wait_in_the_outbox(
         try:
             for i in range(3):
                 await alice.op("say", text=f"held {i}", ref=i)
-            await wait_until(lambda: a.relay.stats.outboxed >= 1)
+            await wait_until(lambda: a.relay.publisher.stats.outboxed >= 1)
         finally:
             fake_server.connected = True
         acks = [(await alice.event("ack", ref=i))["id"] for i in range(3)]
@@ -404,7 +404,7 @@ async def test_past_the_outbox_bound_the_sender_is_told(
         finally:
             fake_server.connected = True
         assert error["code"] == "relay-unavailable"
-        assert a.relay.stats.outbox_expired == 1
+        assert a.relay.publisher.stats.outbox_expired == 1
 
 
 async def test_a_restarted_node_is_not_mistaken_for_its_predecessor(

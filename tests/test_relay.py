@@ -525,7 +525,7 @@ async def test_say_returns_increasing_ids_and_history_the_last_n(make_relay: Any
                for m in last)
     assert [m.id for m in await a.history("lobby", 100)] == ids
     assert await a.history("empty", 10) == []
-    assert a.stats.published == 12
+    assert a.publisher.stats.published == 12
 
 
 async def test_history_keeps_actions_and_skips_unreadable_entries(make_relay: Any,
@@ -555,7 +555,7 @@ async def test_private_to_a_node_without_a_subscriber_raises_no_such_nick(
     pm = env.DirectMsg("alice", "node-a/1", "bob", "bob", "psst", "pm-1", 1.0)
     with pytest.raises(NoSuchNick):
         await a.private(pm, "node-gone")
-    assert a.stats.published == 0
+    assert a.publisher.stats.published == 0
 
 
 async def test_who_and_rooms(make_relay: Any, raw: Any) -> None:
@@ -737,11 +737,12 @@ async def test_a_retried_publish_is_not_published_twice() -> None:
     relay = Relay(redis, NodeConfig(node_id="once"), Sink())
     msg = env.RoomMsg("lobby", "alice", "once/1", "hello")
     later = int((time.time() + 60) * 1000)
-    first = await relay._publish_once(msg, "k1", later)
-    again = await relay._publish_once(msg, "k1", later)  # as if the first try had timed out
+    first = await relay.publisher._publish_once(msg, "k1", later)
+    # as if the first try had timed out:
+    again = await relay.publisher._publish_once(msg, "k1", later)
     assert again == first
     assert await redis.xlen(relay.keys.history("lobby")) == 1
-    other = await relay._publish_once(msg, "k2", later)
+    other = await relay.publisher._publish_once(msg, "k2", later)
     assert other != first
     await redis.aclose()
 
@@ -755,12 +756,12 @@ async def test_redis_reaching_a_message_after_its_deadline_publishes_nothing() -
     msg = env.RoomMsg("lobby", "alice", "late/1", "hello")
     passed = int((time.time() - 1) * 1000)
     with pytest.raises(RelayUnavailable):
-        await relay._publish_once(msg, "k1", passed)
+        await relay.publisher._publish_once(msg, "k1", passed)
     assert await redis.xlen(relay.keys.history("lobby")) == 0
-    assert relay.stats.publish_too_late == 1
+    assert relay.publisher.stats.publish_too_late == 1
     # a try that did run before its deadline still answers with its id afterwards
-    first = await relay._publish_once(msg, "k2", int((time.time() + 60) * 1000))
-    assert await relay._publish_once(msg, "k2", passed) == first
+    first = await relay.publisher._publish_once(msg, "k2", int((time.time() + 60) * 1000))
+    assert await relay.publisher._publish_once(msg, "k2", passed) == first
     await redis.aclose()
 
 
@@ -912,7 +913,7 @@ async def test_messages_submitted_together_share_one_round_trip_in_order(
     ids = [tuple(map(int, str(r).split("-"))) for r in results]
     assert ids == sorted(ids) and len(set(ids)) == 60  # ids follow submission order
     assert await stream_texts(raw, relay) == [m.text for m in msgs]
-    assert relay.stats.published == 60
+    assert relay.publisher.stats.published == 60
 
 
 async def test_messages_submitted_during_a_round_go_in_the_next(
@@ -944,9 +945,9 @@ async def test_a_failed_round_waits_in_the_outbox_and_is_published_once_in_order
     results = await submit_all(relay, msgs)
     assert all(isinstance(r, str) for r in results)
     assert await stream_texts(raw, relay) == [m.text for m in msgs]
-    assert relay.stats.outboxed == 20 and relay.stats.outbox_refused == 0
+    assert relay.publisher.stats.outboxed == 20 and relay.publisher.stats.outbox_refused == 0
     assert rounds.count == 3
-    assert relay.stats.published == 20
+    assert relay.publisher.stats.published == 20
 
 
 async def test_a_failed_round_without_an_outbox_refuses_each_message(
@@ -960,7 +961,7 @@ async def test_a_failed_round_without_an_outbox_refuses_each_message(
     assert all(isinstance(r.__cause__, RedisError) for r in results
                if isinstance(r, RelayUnavailable))
     assert await stream_texts(raw, relay) == []
-    assert relay.stats.outboxed == 0
+    assert relay.publisher.stats.outboxed == 0
 
 
 async def test_a_full_outbox_refuses_the_newest_messages_of_a_failed_round(
@@ -973,7 +974,7 @@ async def test_a_full_outbox_refuses_the_newest_messages_of_a_failed_round(
     results = await submit_all(relay, msgs)
     assert [isinstance(r, str) for r in results] == [True, True, True, False, False]
     assert await stream_texts(raw, relay) == [m.text for m in msgs[:3]]
-    assert (relay.stats.outboxed, relay.stats.outbox_refused) == (3, 2)
+    assert (relay.publisher.stats.outboxed, relay.publisher.stats.outbox_refused) == (3, 2)
 
 
 async def test_messages_held_in_the_outbox_expire_with_relay_unavailable(
@@ -984,7 +985,7 @@ async def test_messages_held_in_the_outbox_expire_with_relay_unavailable(
     rounds.fail = ["before"] * 1000
     results = await submit_all(relay, says("ann", 3))
     assert all(isinstance(r, RelayUnavailable) for r in results)
-    assert relay.stats.outbox_expired == 3
+    assert relay.publisher.stats.outbox_expired == 3
     assert await stream_texts(raw, relay) == []
 
 
@@ -1042,7 +1043,7 @@ async def test_a_round_that_fails_unexpectedly_answers_every_sender(
     results = await submit_all(relay, says("ann", 3))
     assert all(isinstance(r, RelayUnavailable) and isinstance(r.__cause__, KeyError)
                for r in results)
-    assert relay.stats.outboxed == 0
+    assert relay.publisher.stats.outboxed == 0
     assert isinstance(await relay.say(says("bob", 1)[0]), str)  # the next round works
     assert await stream_texts(raw, relay) == ["bob 0"]
 
@@ -1053,13 +1054,13 @@ async def test_deadlines_follow_redis_clock_not_a_skewed_node_clock(make_relay: 
     ahead by a minute would let a thawed Redis publish lines a minute too late."""
     relay, _ = make_relay("skewed")
     window = relay._cfg.outbox_seconds
-    relay._clock = lambda: time.time() - 60.0
+    relay.publisher._clock = lambda: time.time() - 60.0
     async with running(relay):  # measured when it subscribes
-        assert relay.clock_offset == pytest.approx(60.0, abs=1.0)
-        assert relay._deadline() / 1000 == pytest.approx(time.time() + window, abs=1.0)
+        assert relay.publisher.clock_offset == pytest.approx(60.0, abs=1.0)
+        assert relay.publisher._deadline() / 1000 == pytest.approx(time.time() + window, abs=1.0)
         stream_id = await relay.say(env.RoomMsg("lobby", "alice", "skewed/1", "on time"))
-        assert stream_id and relay.stats.publish_too_late == 0
-        relay._clock = lambda: time.time() + 60.0
-        await relay.sync_clock()
-        assert relay.clock_offset == pytest.approx(-60.0, abs=1.0)
-        assert relay._deadline() / 1000 == pytest.approx(time.time() + window, abs=1.0)
+        assert stream_id and relay.publisher.stats.publish_too_late == 0
+        relay.publisher._clock = lambda: time.time() + 60.0
+        await relay.publisher.sync_clock()
+        assert relay.publisher.clock_offset == pytest.approx(-60.0, abs=1.0)
+        assert relay.publisher._deadline() / 1000 == pytest.approx(time.time() + window, abs=1.0)
