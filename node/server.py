@@ -44,6 +44,7 @@ from .model import (
     Parted,
     Private,
     Quitted,
+    WhoReply,
 )
 from .names import MAX_NICK, fold_nick
 from .pause import pause
@@ -565,6 +566,20 @@ class ChatNode:
             log.warning("gap repair failed; some messages may be missing", room=room)
         finally:  # whatever happened, stop holding the room's live messages
             self._end_repair(room, feed, fetched)
+        await self._resync_members(room)
+
+    async def _resync_members(self, room: str) -> None:
+        """Joins, parts, quits and renames published during the gap were not seen here
+        (they are not in the room's stream): tell the room's JSON clients who is in it
+        now, as an unasked ``who`` event, so their member lists are right again."""
+        targets = [s for s in self.rooms.get(room, ()) if s.conn.mode == "json"]
+        if not targets:
+            return
+        try:
+            nicks = tuple(await self.relay.who(room))
+        except RelayUnavailable:
+            return  # the next resubscription tries again
+        self._fan_out(WhoReply(room, nicks), targets)
 
     def _end_repair(self, room: str, feed: RoomFeed, fetched: list[env.RoomMsg]) -> None:
         if self.feeds.get(room) is feed:

@@ -157,6 +157,10 @@ def test_membership_follows_events() -> None:
     assert s.room == "lobby"
     s.handle({"ev": "nick", "old": "me", "new": "me2"})
     assert s.nick == "me2"
+    # after a gap in its node's subscription the node sends the members unasked: the
+    # list is corrected silently
+    shown, ops = s.handle({"ev": "who", "room": "lobby", "nicks": ["me2", "zed"]})
+    assert (shown, ops) == ([], []) and s.members["lobby"] == {"me2", "zed"}
 
 
 def test_wire_text_is_neutralised_again() -> None:

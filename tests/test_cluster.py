@@ -311,6 +311,30 @@ async def test_a_subscription_gap_is_repaired_from_the_stream(
         assert a.stats.repaired >= 5  # "after" may come from the stream too
 
 
+async def test_after_a_gap_json_clients_are_told_who_is_in_their_rooms(
+        fake_server: fakeredis.FakeServer) -> None:
+    """Joins and quits published while a node's subscription is down are not in the
+    room's stream: the node tells its JSON clients the room's members afresh."""
+    async with running_node(fake_server, "n1", reconnect_min=1.0) as a, \
+            running_node(fake_server, "n2") as b:
+        alice = await json_user(port(a), "alice")
+        tom = await text_user(port(a), "tom")
+        bob = await json_user(port(b), "bob")
+        await alice.event("join", nick="bob")
+        a.relay._rebuild = True  # drop node 1's subscription (as CLIENT KILL would)
+        await wait_until(lambda: not a.relay.ready)
+        await json_user(port(b), "carol")  # joins while node 1 hears nothing
+        await bob.op("quit")
+        await bob.closed()
+        assert not a.relay.ready, "the gap closed before the test could use it"
+        who = await alice.event("who")
+        assert (who["room"], who["nicks"]) == ("lobby", ["alice", "carol", "tom"])
+        assert who.get("ref") is None  # unasked
+        await tom.send("/ping")
+        await tom.expect("* pong")
+        assert not [line for line in tom.seen if line.startswith("* lobby:")]
+
+
 async def test_a_gap_repair_tries_the_stream_again_when_redis_still_stumbles(
         fake_server: fakeredis.FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fault that cut the subscription often breaks the first reads of the stream
