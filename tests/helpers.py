@@ -124,6 +124,22 @@ async def text_user(port: int, nick: str) -> LineClient:
     return c
 
 
+async def registered_user(port: int, nick: str, password: str) -> LineClient:
+    """A text user who protected its nickname with ``password`` (an accounts node)."""
+    c = await text_user(port, nick)
+    await c.send(f"/register {password}")
+    await c.expect(f"* {nick} is now registered")
+    return c
+
+
+async def register_account(port: int, nick: str, password: str) -> None:
+    """Create the account ``nick`` with ``password`` and leave: the name is free again,
+    for its login."""
+    c = await registered_user(port, nick, password)
+    await c.send("/quit")
+    await c.closed()
+
+
 class JsonClient(LineClient):
     async def op(self, op: str, **fields: Any) -> None:
         await self.send(json.dumps({"op": op, **fields}))

@@ -22,6 +22,8 @@ from .helpers import (
     LineClient,
     json_user,
     node_config,
+    register_account,
+    registered_user,
     running_node,
     text_user,
     wait_until,
@@ -150,9 +152,7 @@ async def test_a_logged_in_user_changes_the_password(fake_server: fakeredis.Fake
         guest = await text_user(port(n), "guest")
         await guest.send("/password whatever-it-is")  # no account: nothing to change
         assert (await guest.expect("!")).startswith("! login-required: you are not logged in")
-        alice = await text_user(port(n), "alice")
-        await alice.send("/register first-password")
-        await alice.expect("* alice is now registered")
+        alice = await registered_user(port(n), "alice", "first-password")
         await alice.send("/password short")
         assert (await alice.expect("!")).startswith("! bad-args: a password needs at least 8")
         await alice.send("/password second password")
@@ -202,9 +202,7 @@ async def test_json_login_and_guest_names(fake_server: fakeredis.FakeServer) -> 
 async def test_nick_to_a_registered_name_needs_its_login(fake_server: fakeredis.FakeServer
                                                          ) -> None:
     async with running_node(fake_server, auth="accounts") as n:
-        alice = await text_user(port(n), "alice")
-        await alice.send("/register alice-password")
-        await alice.expect("* alice is now registered")
+        alice = await registered_user(port(n), "alice", "alice-password")
         await alice.send("/nick alice2")
         await alice.expect("* alice is now alice2")
         mallory = await text_user(port(n), "mallory")
@@ -449,14 +447,10 @@ async def test_json_operator_ops(fake_server: fakeredis.FakeServer) -> None:
 
 async def test_operator_accounts(fake_server: fakeredis.FakeServer) -> None:
     async with running_node(fake_server, auth="accounts", oper_accounts=("Root",)) as n:
-        root = await text_user(port(n), "root")
-        await root.send("/register root-password")
-        await root.expect("* root is now registered")
+        root = await registered_user(port(n), "root", "root-password")
         await root.send("/bans")
         await root.expect("* 0 bans or mutes in force")
-        other = await text_user(port(n), "other")
-        await other.send("/register other-password")
-        await other.expect("* other is now registered")
+        other = await registered_user(port(n), "other", "other-password")
         await other.send("/bans")
         assert (await other.expect("!")).startswith("! not-operator:")
         await n.security.accounts.set_oper("other", True)  # `hubbub account oper other`
@@ -487,11 +481,7 @@ async def test_the_client_sends_secret_and_password(fake_server: fakeredis.FakeS
         rooms = await query(here, {"op": "rooms"}, secret=TOKEN)
         assert rooms["ev"] == "rooms"
     async with running_node(fake_server, "n2", auth="accounts") as n:
-        owner = await text_user(port(n), "owner")
-        await owner.send("/register owner-password")
-        await owner.expect("* owner is now registered")
-        await owner.send("/quit")
-        await owner.closed()
+        await register_account(port(n), "owner", "owner-password")
         here = [Address("127.0.0.1", port(n))]
         assert await say_once(here, "owner", "lobby", "hi", password="owner-password") == 0
         assert await say_once(here, "owner", "lobby", "hi", wait=5) == 1  # login-required
@@ -521,9 +511,7 @@ async def test_a_kicked_client_does_not_come_back(fake_server: fakeredis.FakeSer
 async def test_a_login_takes_its_name_over_from_a_session_on_another_node(
         fake_server: fakeredis.FakeServer) -> None:
     async with two_nodes(fake_server, auth="accounts") as (a, b):
-        stuck = await text_user(port(a), "alice")
-        await stuck.send("/register alice-password")
-        await stuck.expect("* alice is now registered")
+        stuck = await registered_user(port(a), "alice", "alice-password")
         await stuck.send("/join dev")
         await stuck.expect("* alice joined dev")
         bob = await text_user(port(a), "bob")
@@ -550,9 +538,7 @@ async def test_a_login_takes_its_name_over_from_a_session_on_another_node(
 async def test_a_login_takes_its_name_over_on_the_same_node_and_by_rename(
         fake_server: fakeredis.FakeServer) -> None:
     async with running_node(fake_server, auth="accounts") as n:
-        first = await text_user(port(n), "carol")
-        await first.send("/register carols-password")
-        await first.expect("* carol is now registered")
+        first = await registered_user(port(n), "carol", "carols-password")
         second = await json_user(port(n), "guest")  # registered under another name
         await second.op("login", nick="carol", password="carols-password", ref=7)
         await second.event("nick", old="guest", new="carol")
@@ -571,9 +557,7 @@ async def test_a_login_takes_its_name_over_on_the_same_node_and_by_rename(
 async def test_a_wrong_password_never_disturbs_the_holder(fake_server: fakeredis.FakeServer
                                                           ) -> None:
     async with running_node(fake_server, auth="accounts") as n:
-        owner = await text_user(port(n), "dana")
-        await owner.send("/register danas-password")
-        await owner.expect("* dana is now registered")
+        owner = await registered_user(port(n), "dana", "danas-password")
         other = await LineClient.connect(port(n))
         await other.expect("* GET_NAME")
         await other.send("/login dana not-her-password")
@@ -588,11 +572,7 @@ async def test_a_name_held_on_a_node_that_stopped_answering_is_not_taken_over(
     from node.relay import NameInfo
 
     async with running_node(fake_server, auth="accounts", lease_ttl=30.0) as n:
-        owner = await text_user(port(n), "erin")
-        await owner.send("/register erins-password")
-        await owner.expect("* erin is now registered")
-        await owner.send("/quit")
-        await owner.closed()
+        await register_account(port(n), "erin", "erins-password")
         await wait_until(lambda: not n.sessions)
         # a node that died holding her name: its lease lives on until it is reaped
         held = await n.relay.claim("erin", NameInfo("erin", "dead-token", "gone", ()))
@@ -610,11 +590,7 @@ async def test_a_client_whose_name_was_taken_over_does_not_come_back(
     from cli.client.state import Address, ClientState
 
     async with running_node(fake_server, auth="accounts") as n:
-        owner = await text_user(port(n), "fay")
-        await owner.send("/register fays-password")
-        await owner.expect("* fay is now registered")
-        await owner.send("/quit")
-        await owner.closed()
+        await register_account(port(n), "fay", "fays-password")
         state = ClientState([Address("127.0.0.1", port(n))], "fay", password="fays-password")
         client = ChatClient(state, show=lambda _: None)
         runner = asyncio.create_task(client.run())

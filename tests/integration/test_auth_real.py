@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ..helpers import JsonClient, LineClient, text_user
+from ..helpers import JsonClient, LineClient, register_account, text_user
 from .procs import account_cli, is_event, log_events, redis_server, start_node
 
 pytestmark = [pytest.mark.redis_server, pytest.mark.timeout(60)]
@@ -23,11 +23,7 @@ async def test_accounts_and_an_operator_account_across_two_real_nodes(tmp_path: 
         a, pa = await start_node(url, "ra", *args)
         b, pb = await start_node(url, "rb", *args)
         try:
-            alice = await text_user(pa, "alice")
-            await alice.send("/register alice-password")
-            await alice.expect("* alice is now registered")
-            await alice.send("/quit")
-            await alice.closed()
+            await register_account(pa, "alice", "alice-password")
             # a registered name is refused without its login on the other node
             guest = await JsonClient.connect(pb)
             await guest.op("hello", nick="Alice", ref=1)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from ..helpers import JsonClient, LineClient, json_user, text_user
+from ..helpers import JsonClient, LineClient, json_user, registered_user, text_user
 from .procs import account_cli, is_event, log_events, redis_server, start_node
 
 pytestmark = pytest.mark.redis_server
@@ -130,9 +130,7 @@ async def test_accounts_operators_and_sanctions_run_on_the_documented_acl(
             a, pa = await start_node(hubbub_url, "acc-a", *args)
             b, pb = await start_node(hubbub_url, "acc-b", *args)
             try:
-                alice = await text_user(pa, "alice")
-                await alice.send("/register alice-password-0")
-                await alice.expect("* alice is now registered")
+                alice = await registered_user(pa, "alice", "alice-password-0")
                 await alice.send("/password alice-password-1")
                 await alice.expect("* the password of alice is changed")
                 await alice.send("/quit")
