@@ -1,9 +1,11 @@
 """What travels on the Redis bus: versioned JSON envelopes, never pickle.
 
 Each envelope kind is a frozen dataclass with symmetric ``serialize()`` / ``parse()``.
-A room message is serialized *without* its id: the publish script adds the stream id it
-got from ``XADD`` as the first member (``{"id":"…",`` + the rest), so the id every member
-sees is the one stored in the room's history.
+Every room event (a message, a join, a part, a quit, a nick change) is stored in the room's
+stream and published on its channel by one script; it is serialized *without* its id, and
+the script adds the stream id it got from ``XADD`` as the first member (``{"id":"…",`` +
+the rest), so the id every member sees is the one stored in the room's stream, and a node
+that missed some of a room's events fetches them, in the same order, from the stream.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ __all__ = [
     "Canary",
     "DirectMsg",
     "Envelope",
-    "NickChange",
+    "RoomEvent",
     "RoomJoin",
     "RoomMsg",
+    "RoomNick",
     "RoomPart",
+    "RoomQuit",
     "Sanction",
-    "UserQuit",
     "parse",
     "ts_of_id",
 ]
@@ -83,20 +86,27 @@ class RoomMsg:
                    text=_s(d, "text"), action=bool(d.get("act", False)), id=_s(d, "id"))
 
 
+def _with_id(body: dict[str, Any], stream_id: str) -> dict[str, Any]:
+    return {"id": stream_id, **body} if stream_id else body
+
+
 @dataclass(frozen=True, slots=True)
 class _Membership:
-    """A join or a part: who, which room."""
+    """A join or a part: who, which room; ``id`` is its stream id (spliced in by the
+    script that stored it, like a message's)."""
 
     kind: ClassVar[str]
     room: str
     nick: str
+    id: str = ""
 
     def serialize(self) -> bytes:
-        return _dumps({"v": VERSION, "t": self.kind, "room": self.room, "nick": self.nick})
+        return _dumps(_with_id({"v": VERSION, "t": self.kind, "room": self.room,
+                                "nick": self.nick}, self.id))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Self:
-        return cls(room=_s(d, "room"), nick=_s(d, "nick"))
+        return cls(room=_s(d, "room"), nick=_s(d, "nick"), id=_s(d, "id"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,45 +120,54 @@ class RoomPart(_Membership):
 
 
 @dataclass(frozen=True, slots=True)
-class UserQuit:
-    """A user left the cluster; delivered to local members of any of ``rooms``."""
+class RoomQuit:
+    """A user left the cluster, as told to one of its rooms.  A user in several rooms
+    quits once in each; ``eid`` is the same in all of them, so a member of several of
+    those rooms is told once."""
 
-    kind: ClassVar[str] = "quit"
+    kind: ClassVar[str] = "rquit"
+    room: str
     nick: str
-    rooms: tuple[str, ...]
+    eid: str
     reason: str | None = None
+    id: str = ""
 
     def serialize(self) -> bytes:
-        body: dict[str, Any] = {"v": VERSION, "t": self.kind, "nick": self.nick,
-                                "rooms": list(self.rooms)}
+        body: dict[str, Any] = {"v": VERSION, "t": self.kind, "room": self.room,
+                                "nick": self.nick, "eid": self.eid}
         if self.reason is not None:
             body["reason"] = self.reason
-        return _dumps(body)
+        return _dumps(_with_id(body, self.id))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> UserQuit:
+    def from_dict(cls, d: dict[str, Any]) -> RoomQuit:
         reason = d.get("reason")
-        return cls(nick=_s(d, "nick"), rooms=_rooms(d),
-                   reason=reason if isinstance(reason, str) else None)
+        return cls(room=_s(d, "room"), nick=_s(d, "nick"), eid=_s(d, "eid"),
+                   reason=reason if isinstance(reason, str) else None, id=_s(d, "id"))
 
 
 @dataclass(frozen=True, slots=True)
-class NickChange:
-    """A user renamed; delivered to local members of ``rooms`` and to the session ``sid``."""
+class RoomNick:
+    """A user renamed, as told to one of its rooms (``eid`` as for :class:`RoomQuit`);
+    ``sid`` is the renaming session, which is told by its own node, not by the room."""
 
-    kind: ClassVar[str] = "nick"
+    kind: ClassVar[str] = "rnick"
+    room: str
     old: str
     new: str
-    rooms: tuple[str, ...]
     sid: str
+    eid: str
+    id: str = ""
 
     def serialize(self) -> bytes:
-        return _dumps({"v": VERSION, "t": self.kind, "old": self.old, "new": self.new,
-                       "rooms": list(self.rooms), "sid": self.sid})
+        return _dumps(_with_id({"v": VERSION, "t": self.kind, "room": self.room,
+                                "old": self.old, "new": self.new, "sid": self.sid,
+                                "eid": self.eid}, self.id))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> NickChange:
-        return cls(old=_s(d, "old"), new=_s(d, "new"), rooms=_rooms(d), sid=_s(d, "sid"))
+    def from_dict(cls, d: dict[str, Any]) -> RoomNick:
+        return cls(room=_s(d, "room"), old=_s(d, "old"), new=_s(d, "new"), sid=_s(d, "sid"),
+                   eid=_s(d, "eid"), id=_s(d, "id"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,11 +263,13 @@ class Sanction:
                    seconds=value)
 
 
-Envelope = (RoomMsg | RoomJoin | RoomPart | UserQuit | NickChange | DirectMsg | Canary |
-            Sanction)
+RoomEvent = RoomMsg | RoomJoin | RoomPart | RoomQuit | RoomNick
+"""What a room's stream holds and its channel carries, each with its stream id."""
 
-_KINDS: dict[str, Any] = {c.kind: c for c in (RoomMsg, RoomJoin, RoomPart, UserQuit,
-                                               NickChange, DirectMsg, Canary, Sanction)}
+Envelope = RoomEvent | DirectMsg | Canary | Sanction
+
+_KINDS: dict[str, Any] = {c.kind: c for c in (RoomMsg, RoomJoin, RoomPart, RoomQuit,
+                                               RoomNick, DirectMsg, Canary, Sanction)}
 
 
 def _s(d: dict[str, Any], key: str) -> str:
@@ -256,13 +277,6 @@ def _s(d: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise BadEnvelope(f"field {key!r} is not a string")
     return value
-
-
-def _rooms(d: dict[str, Any]) -> tuple[str, ...]:
-    rooms = d.get("rooms", [])
-    if not isinstance(rooms, list) or not all(isinstance(r, str) for r in rooms):
-        raise BadEnvelope("field 'rooms' is not a list of strings")
-    return tuple(rooms)
 
 
 def parse(data: bytes | str) -> Envelope:

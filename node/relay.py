@@ -25,6 +25,7 @@ Theory of operation
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import secrets
@@ -180,9 +181,11 @@ class Relay:
         self._renew = s(scripts.RENEW)
         self._reap = s(scripts.REAP)
         self._resume = s(scripts.RESUME)
+        self._room_script = s(scripts.ROOM_EVENT)
         self.publisher = Publisher(redis, config, self.keys, clock)
         self._scripts = (self._claim, self._release, self._rename, self._update_info,
-                         self._renew, self._reap, self.publisher.script, self._resume)
+                         self._renew, self._reap, self.publisher.script, self._resume,
+                         self._room_script)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -379,41 +382,52 @@ class Relay:
 
     # ------------------------------------------------------------------ rooms
 
+    async def _room_event(self, pipe: Any, room: str, event: env.RoomEvent | None,
+                          *changes: str) -> None:
+        """Queue ROOM_EVENT on ``pipe``: ``changes`` to the room's members and ``event``
+        stored in its stream and published (see :data:`node.scripts.ROOM_EVENT`)."""
+        k = self.keys
+        await self._room_script(
+            keys=[k.members(room), k.history(room), k.room_channel(room)],
+            args=[event.serialize() if event is not None else "", self._cfg.history_max,
+                  *changes], client=pipe)
+
     async def join(self, room: str, folded: str, info: NameInfo, *,
-                   announce: bool = True) -> None:
-        """Record membership cluster-wide and (unless resuming) announce it."""
+                   announce: bool = True) -> str:
+        """Record membership cluster-wide and (unless resuming) announce it.  Returns the
+        id the joiner is owed what comes after: its join's, or (silent) the stream's
+        newest."""
         k = self.keys
         async with translated("join"):
             pipe = self._redis.pipeline(transaction=False)
-            pipe.hset(k.members(room), folded, info.nick)
+            await self._room_event(pipe, room, env.RoomJoin(room, info.nick) if announce
+                                   else None, "set", folded, info.nick)
             pipe.sadd(k.rooms, room)
             await self._update_info(keys=[k.info, k.lease(folded)],
                                     args=[folded, info.token, info.serialize()], client=pipe)
-            if announce:
-                pipe.publish(k.room_channel(room), env.RoomJoin(room, info.nick).serialize())
-            await pipe.execute()
+            floor, *_ = await pipe.execute()
+        return _text(floor)
 
     async def part(self, room: str, folded: str, info: NameInfo, *, announce: bool = True) -> None:
         k = self.keys
         async with translated("part"):
             pipe = self._redis.pipeline(transaction=False)
-            pipe.hdel(k.members(room), folded)
+            await self._room_event(pipe, room, env.RoomPart(room, info.nick) if announce
+                                   else None, "del", folded)
             await self._update_info(keys=[k.info, k.lease(folded)],
                                     args=[folded, info.token, info.serialize()], client=pipe)
-            if announce:
-                pipe.publish(k.room_channel(room), env.RoomPart(room, info.nick).serialize())
             await pipe.execute()
 
     async def leave_all(self, folded: str, nick: str, rooms: Iterable[str],
                         reason: str | None) -> None:
-        """Remove a departing user from its rooms and announce its quit once."""
-        rooms = tuple(rooms)
-        k = self.keys
+        """Remove a departing user from its rooms and tell each of them it quit (members
+        of several of them are told once: the notices share an ``eid``)."""
+        eid = secrets.token_hex(8)
         async with translated("quit"):
             pipe = self._redis.pipeline(transaction=False)
             for room in rooms:
-                pipe.hdel(k.members(room), folded)
-            pipe.publish(k.events, env.UserQuit(nick, rooms, reason).serialize())
+                await self._room_event(pipe, room, env.RoomQuit(room, nick, eid, reason),
+                                       "del", folded)
             await pipe.execute()
 
     async def rename_in_rooms(self, old_folded: str, new_folded: str, old: str, new: str,
@@ -421,14 +435,17 @@ class Relay:
                               move_members: bool = True) -> None:
         """Announce a nick change to ``rooms`` (and move the membership entries, unless
         the old name now belongs to someone else)."""
-        k = self.keys
+        eid = secrets.token_hex(8)
+        changes: list[str] = []
+        if move_members:
+            if old_folded != new_folded:
+                changes += ["del", old_folded]
+            changes += ["set", new_folded, new]
         async with translated("nick"):
             pipe = self._redis.pipeline(transaction=False)
-            for room in rooms if move_members else ():
-                if old_folded != new_folded:
-                    pipe.hdel(k.members(room), old_folded)
-                pipe.hset(k.members(room), new_folded, new)
-            pipe.publish(k.events, env.NickChange(old, new, tuple(rooms), sid).serialize())
+            for room in rooms:
+                await self._room_event(pipe, room, env.RoomNick(room, old, new, sid, eid),
+                                       *changes)
             await pipe.execute()
 
     async def who(self, room: str) -> list[str]:
@@ -456,26 +473,40 @@ class Relay:
             entries = await self._redis.xrevrange(self.keys.history(room), count=1)
         return _text(entries[0][0] or "0-0") if entries else "0-0"
 
+    async def events(self, room: str, after: str, limit: int) -> list[env.RoomEvent]:
+        """The first ``limit`` entries of a room's stream with an id above ``after``:
+        messages and notices, as they were published (gap repair)."""
+        async with translated("history"):
+            entries = await self._redis.xrange(self.keys.history(room), min=f"({after}",
+                                               count=limit) or []
+        return _room_events(entries)
+
     async def history(self, room: str, limit: int, after: str | None = None
                       ) -> list[env.RoomMsg]:
-        """The last ``limit`` messages, or the first ``limit`` with an id above ``after``."""
+        """The last ``limit`` messages, or the first ``limit`` with an id above ``after``.
+        Notices (joins, parts, quits, renames) share the stream and are skipped: the stream
+        is read a page at a time until ``limit`` messages are found or it ends."""
         key = self.keys.history(room)
+        out: list[env.RoomMsg] = []
+        page = max(limit, 50)
         async with translated("history"):
             if after is None:
-                entries = list(reversed(await self._redis.xrevrange(key, count=limit) or []))
-            else:
-                entries = await self._redis.xrange(key, min=f"({after}", count=limit) or []
-        out: list[env.RoomMsg] = []
-        for entry_id, fields in entries:
-            try:
-                parsed = env.parse((fields or {})[b"e"])
-            except (env.BadEnvelope, KeyError):
-                continue
-            if isinstance(parsed, env.RoomMsg) and entry_id is not None:
-                out.append(env.RoomMsg(room=parsed.room, sender=parsed.sender, sid=parsed.sid,
-                                       text=parsed.text, action=parsed.action,
-                                       id=_text(entry_id)))
-        return out
+                top = "+"
+                while len(out) < limit:
+                    entries = await self._redis.xrevrange(key, max=top, count=page) or []
+                    out += [e for e in _room_events(entries) if isinstance(e, env.RoomMsg)]
+                    if len(entries) < page:
+                        break
+                    top = f"({_text(entries[-1][0] or b'0-0')}"
+                return list(reversed(out[:limit]))
+            low = after
+            while len(out) < limit:
+                entries = await self._redis.xrange(key, min=f"({low}", count=page) or []
+                out += [e for e in _room_events(entries) if isinstance(e, env.RoomMsg)]
+                if len(entries) < page:
+                    break
+                low = _text(entries[-1][0] or b"0-0")
+        return out[:limit]
 
     # ------------------------------------------------------------------ publishing
 
@@ -822,6 +853,20 @@ def _pairs(flat: Sequence[bytes | str]) -> list[tuple[str, NameInfo]]:
             out.append((_text(folded), NameInfo.parse(raw)))
         except (ValueError, KeyError):
             continue
+    return out
+
+
+def _room_events(entries: Iterable[Any]) -> list[env.RoomEvent]:
+    """Stream entries (``(id, {b"e": envelope})``) as room events carrying their ids
+    (unreadable entries skipped)."""
+    out: list[env.RoomEvent] = []
+    for entry_id, fields in entries:
+        try:
+            parsed = env.parse((fields or {})[b"e"])
+        except (env.BadEnvelope, KeyError):
+            continue
+        if isinstance(parsed, env.RoomEvent) and entry_id is not None:
+            out.append(dataclasses.replace(parsed, id=_text(entry_id)))
     return out
 
 

@@ -11,7 +11,7 @@ so ``string.find(info, token, 1, true)`` tells whether an info entry is ours.
 from __future__ import annotations
 
 __all__ = ["CLAIM", "PUBLISH_MSG", "REAP", "RELEASE", "RENAME", "RENEW", "RESUME",
-           "UPDATE_INFO"]
+           "ROOM_EVENT", "UPDATE_INFO"]
 
 # KEYS: nicks, lease, info, owned(node), nodes, alive(node)
 # ARGV: folded, token, ttl_ms, info_json, node_id
@@ -179,5 +179,34 @@ end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
 redis.call('PUBLISH', KEYS[2], '{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2))
 redis.call('SET', KEYS[3], id, 'PX', ARGV[3])
+return id
+"""
+
+# KEYS: members, history stream, room channel
+# ARGV: envelope JSON without id (starts with '{'; '' for none), maxlen, then membership
+#       changes: 'set', folded, nick | 'del', folded
+# A join, part, quit or nick change of one room: the membership change, and the notice
+# stored in the room's stream and published with its id, in one atomic step (so the notice
+# takes its place in the room's one order, and gap repair finds it in the stream).
+# -> the notice's id; without a notice, the newest id in the stream ('0-0' if empty): a
+#    member who joins silently (a resume) is owed exactly what comes after it.
+ROOM_EVENT = """
+local i = 3
+while i <= #ARGV do
+  if ARGV[i] == 'set' then
+    redis.call('HSET', KEYS[1], ARGV[i + 1], ARGV[i + 2])
+    i = i + 3
+  else
+    redis.call('HDEL', KEYS[1], ARGV[i + 1])
+    i = i + 2
+  end
+end
+if ARGV[1] == '' then
+  local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  if #last == 0 then return '0-0' end
+  return last[1][1]
+end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
+redis.call('PUBLISH', KEYS[3], '{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2))
 return id
 """

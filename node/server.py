@@ -19,8 +19,10 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
+from typing import assert_never
 
 import structlog
 from redis.asyncio import Redis
@@ -29,10 +31,10 @@ from . import envelope as env
 from .backoff import backoff
 from .config import NodeConfig
 from .errors import NickTaken, NoSuchNick, RedisMisconfigured, RelayUnavailable
-from .feeds import RoomFeed
 from .gate import Gate
 from .http import HttpEndpoint
 from .limits import REFUSALS
+from .localroom import LocalRoom
 from .model import (
     Bye,
     Error,
@@ -44,7 +46,6 @@ from .model import (
     Parted,
     Private,
     Quitted,
-    WhoReply,
 )
 from .names import MAX_NICK, fold_nick
 from .pause import pause
@@ -56,6 +57,9 @@ from .tls import server_context
 __all__ = ["ChatNode", "NodeStats"]
 
 log = structlog.get_logger("hubbub.node")
+
+_TOLD_KEPT = 4096
+"""User events (quits, renames) remembered for telling each member once."""
 
 
 @dataclass(slots=True)
@@ -83,8 +87,10 @@ class ChatNode:
         (not admitted, no task: closed at shutdown)."""
         self.local: dict[str, Session] = {}
         self.by_sid: dict[str, Session] = {}
-        self.rooms: dict[str, set[Session]] = {}
-        self.feeds: dict[str, RoomFeed] = {}
+        self.rooms: dict[str, LocalRoom[Session]] = {}
+        self._told: OrderedDict[str, set[Session]] = OrderedDict()
+        """Recipients of recent quits and renames by ``eid`` (one per room of the user),
+        so a member of several of its rooms is told once."""
         self.port: int | None = None
         self._subs: dict[str, asyncio.Task[None]] = {}
         self._conn_tasks: set[asyncio.Task[None]] = set()
@@ -316,6 +322,7 @@ class ChatNode:
         self.local[new_folded] = s
         s.nick, s.folded = new, new_folded
         structlog.contextvars.bind_contextvars(nick=new)
+        s.send(NickChanged(old, new))  # the rooms tell everyone else
         if result.stale is not None:
             await self._bury(new_folded, result.stale)
         await self.relay.rename_in_rooms(old_folded, new_folded, old, new, s.rooms, s.sid)
@@ -404,6 +411,7 @@ class ChatNode:
         log.warning("nickname claimed by someone else; renamed", old=old, new=new)
         s.send(Notice(f"your nickname {old} was claimed by someone else while the cluster "
                       f"could not vouch for it; you are now {new}"))
+        s.send(NickChanged(old, new))
         with contextlib.suppress(RelayUnavailable):
             for room in s.rooms:
                 await self.relay.join(room, new_folded, self.name_info(s), announce=False)
@@ -423,28 +431,45 @@ class ChatNode:
             for s in list(self.local.values()):
                 for room in s.rooms:
                     await self.relay.join(room, s.folded, self.name_info(s), announce=False)
-            for room, feed in self.feeds.items():
-                feed.last = None
-                feed.start = await self.relay.latest_id(room)
+            for room, local in self.rooms.items():
+                local.feed.last = None
+                local.feed.start = await self.relay.latest_id(room)
         except RelayUnavailable:
             log.warning("could not rebuild after the data loss yet")
         notice = Notice("the cluster's store restarted: history before this point may be "
                         "incomplete")
-        for members in self.rooms.values():
-            self._fan_out(notice, members)
+        for local in self.rooms.values():
+            self._fan_out(notice, local.everyone())
 
     # ------------------------------------------------------------------ rooms
 
-    async def join(self, s: Session, room: str, *, announce: bool = True) -> None:
-        await self._subscribed(room)
-        self.rooms.setdefault(room, set()).add(s)
+    async def join(self, s: Session, room: str, *, announce: bool = True) -> str:
+        """Join ``room``: subscribed (confirmed by Redis), then the membership recorded and
+        (unless ``announce`` is false: a resume) the join announced.  The room's events are
+        kept for ``s`` until :meth:`go_live`; returns the floor to hand to it."""
+        local = self.rooms.get(room)
+        if local is None:
+            local = self.rooms[room] = LocalRoom()
+        local.begin_join(s)
         s.rooms.append(room)
         try:
-            await self.relay.join(room, s.folded, self.name_info(s), announce=announce)
+            await self._subscribed(room)
+            return await self.relay.join(room, s.folded, self.name_info(s), announce=announce)
         except BaseException:
             s.rooms.remove(room)
             await self._leave_local(s, room)
             raise
+
+    def go_live(self, s: Session, room: str, floor: str, *, announce: bool = True) -> None:
+        """``s`` was answered (welcome, join acknowledgement, resume): from here on it gets
+        the room's events — first its own join, then what came after ``floor``."""
+        local = self.rooms.get(room)
+        if local is None:
+            return
+        if announce:
+            s.send(Joined(room, s.nick))
+        for event in local.go_live(s, floor):
+            self._deliver(event, (s,))
 
     async def part(self, s: Session, room: str) -> None:
         s.rooms.remove(room)
@@ -465,19 +490,19 @@ class ChatNode:
 
     async def _subscribe(self, room: str) -> None:
         """Subscribe, then note where the room's stream stood (the start of any repair)."""
-        feed = self.feeds.setdefault(room, RoomFeed())
         await self.relay.subscribe_room(room)
-        feed.start = await self.relay.latest_id(room)
+        start = await self.relay.latest_id(room)
+        if (local := self.rooms.get(room)) is not None:
+            local.feed.start = start
 
     async def _leave_local(self, s: Session, room: str) -> None:
-        members = self.rooms.get(room)
-        if members is None:
+        local = self.rooms.get(room)
+        if local is None:
             return
-        members.discard(s)
-        if not members:
+        local.remove(s)
+        if not local:
             del self.rooms[room]
             self._subs.pop(room, None)
-            self.feeds.pop(room, None)
             await self.relay.unsubscribe_room(room)
 
     # ------------------------------------------------------------------ private messages
@@ -497,23 +522,11 @@ class ChatNode:
 
     def on_envelope(self, e: env.Envelope) -> None:
         match e:
-            case env.RoomMsg():
-                feed = self.feeds.get(e.room)
-                if feed is not None:
-                    self._deliver(e.room, feed.live(e))
-            case env.RoomJoin():
-                if members := self.rooms.get(e.room):
-                    self._fan_out(Joined(e.room, e.nick), members)
-            case env.RoomPart():
-                if members := self.rooms.get(e.room):
-                    self._fan_out(Parted(e.room, e.nick), members)
-            case env.UserQuit():
-                self._fan_out(Quitted(e.nick, e.reason), self._members_of(e.rooms))
-            case env.NickChange():
-                targets = self._members_of(e.rooms)
-                if (me := self.by_sid.get(e.sid)) is not None:
-                    targets.add(me)
-                self._fan_out(NickChanged(e.old, e.new), targets)
+            case env.RoomMsg() | env.RoomJoin() | env.RoomPart() | env.RoomQuit() | \
+                    env.RoomNick():
+                if (local := self.rooms.get(e.room)) is not None:
+                    for event in local.feed.live(e):
+                        self._deliver(event, local.recipients(event))
             case env.Sanction():
                 self.security.on_sanction(e)
             case env.DirectMsg():
@@ -521,37 +534,64 @@ class ChatNode:
                 if target is not None:
                     target.send(Private(e.sender, e.to, e.text, e.id, e.ts))
                     self.stats.delivered += 1
+            case env.Canary():
+                pass  # the relay's own
+            case _:
+                assert_never(e)
 
-    def _deliver(self, room: str, msgs: list[env.RoomMsg]) -> None:
-        members = self.rooms.get(room)
-        if not members:
-            return
-        for m in msgs:
-            self._fan_out(Message(room, m.sender, m.text, m.id, m.ts, m.action), members,
-                          skip_sid=m.sid)
+    def _deliver(self, e: env.RoomEvent, targets: Collection[Session]) -> None:
+        """One event of a room's feed to ``targets`` (its members, or one joiner)."""
+        match e:
+            case env.RoomMsg():
+                self._fan_out(Message(e.room, e.sender, e.text, e.id, e.ts, e.action),
+                              targets, skip_sid=e.sid)
+            case env.RoomJoin():
+                self._fan_out(Joined(e.room, e.nick), targets)
+            case env.RoomPart():
+                self._fan_out(Parted(e.room, e.nick), targets)
+            case env.RoomQuit():
+                self._fan_out(Quitted(e.nick, e.reason), self._untold(e.eid, targets))
+            case env.RoomNick():  # the renaming session was told by its node
+                self._fan_out(NickChanged(e.old, e.new),
+                              [s for s in self._untold(e.eid, targets) if s.sid != e.sid])
+            case _:
+                assert_never(e)
+
+    def _untold(self, eid: str, targets: Collection[Session]) -> list[Session]:
+        """Those of ``targets`` not yet told of the user event ``eid`` (a quit or rename
+        comes once through each of the user's rooms)."""
+        told = self._told.get(eid)
+        if told is None:
+            told = self._told[eid] = set()
+            while len(self._told) > _TOLD_KEPT:
+                self._told.popitem(last=False)
+        fresh = [s for s in targets if s not in told]
+        told.update(fresh)
+        return fresh
 
     def on_resubscribed(self) -> None:
         """The bus subscription came back: repair every room from its stream."""
-        for room in list(self.feeds):
+        for room in list(self.rooms):
             task = asyncio.create_task(self._repair(room))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
     async def _repair(self, room: str) -> None:
-        feed = self.feeds.get(room)
-        if feed is None or feed.held is not None:
+        local = self.rooms.get(room)
+        if local is None or local.feed.held is not None:
             return
+        feed = local.feed
         after = feed.begin_repair()
-        fetched: list[env.RoomMsg] = []
+        fetched: list[env.RoomEvent] = []
         # the fault that cut the subscription often breaks the next command too: try
-        # again (live messages wait meanwhile) for as long as the outbox holds messages
+        # again (live events wait meanwhile) for as long as the outbox holds messages
         give_up = asyncio.get_running_loop().time() + self.config.outbox_seconds
         delays = backoff(initial=0.05, maximum=0.5)
         try:
             page = self.config.history_limit
             while after is not None:
                 try:
-                    got = await self.relay.history(room, page, after)
+                    got = await self.relay.events(room, after, page)
                 except RelayUnavailable:
                     delay = next(delays)
                     if asyncio.get_running_loop().time() + delay > give_up:
@@ -563,39 +603,21 @@ class ChatNode:
                     break
                 after = got[-1].id
         except RelayUnavailable:
-            log.warning("gap repair failed; some messages may be missing", room=room)
-        finally:  # whatever happened, stop holding the room's live messages
-            self._end_repair(room, feed, fetched)
-        await self._resync_members(room)
+            log.warning("gap repair failed; some events may be missing", room=room)
+        finally:  # whatever happened, stop holding the room's live events
+            self._end_repair(room, local, fetched)
 
-    async def _resync_members(self, room: str) -> None:
-        """Joins, parts, quits and renames published during the gap were not seen here
-        (they are not in the room's stream): tell the room's JSON clients who is in it
-        now, as an unasked ``who`` event, so their member lists are right again."""
-        targets = [s for s in self.rooms.get(room, ()) if s.conn.mode == "json"]
-        if not targets:
-            return
-        try:
-            nicks = tuple(await self.relay.who(room))
-        except RelayUnavailable:
-            return  # the next resubscription tries again
-        self._fan_out(WhoReply(room, nicks), targets)
-
-    def _end_repair(self, room: str, feed: RoomFeed, fetched: list[env.RoomMsg]) -> None:
-        if self.feeds.get(room) is feed:
-            msgs = feed.end_repair(fetched)
-            from_stream = {m.id for m in fetched}
-            repaired = sum(1 for m in msgs if m.id in from_stream)
+    def _end_repair(self, room: str, local: LocalRoom[Session],
+                    fetched: list[env.RoomEvent]) -> None:
+        if self.rooms.get(room) is local:
+            events = local.feed.end_repair(fetched)
+            from_stream = {e.id for e in fetched}
+            repaired = sum(1 for e in events if e.id in from_stream)
             if repaired:
                 self.stats.repaired += repaired
-                log.info("gap repaired", room=room, messages=repaired)
-            self._deliver(room, msgs)
-
-    def _members_of(self, rooms: Iterable[str]) -> set[Session]:
-        out: set[Session] = set()
-        for room in rooms:
-            out.update(self.rooms.get(room, ()))
-        return out
+                log.info("gap repaired", room=room, events=repaired)
+            for event in events:
+                self._deliver(event, local.recipients(event))
 
     def _fan_out(self, event: Event, targets: Iterable[Session], skip_sid: str = "") -> None:
         """Render once per wire mode; queue the same bytes to every recipient."""

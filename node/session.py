@@ -605,13 +605,26 @@ class Session(asyncio.Protocol):
         self.conn.registered = True
         structlog.contextvars.bind_contextvars(nick=nick)
         log.info("registered", mode=self.conn.mode, resumed=resumed)
+        await security.registered(self, admission, folded)  # login, operator, mute
+        # the welcome says the rooms are live: join them first (their events are kept
+        # for this session meanwhile), answer, then hand over what it is owed
+        joined: list[tuple[str, str]] = []
+        failure: RelayUnavailable | None = None
+        for room in rooms:
+            try:
+                joined.append((room, await self.node.join(self, room, announce=not resumed)))
+            except RelayUnavailable as exc:
+                failure = exc  # registered all the same: say so after the welcome
+                break
         token = self.token if self.conn.mode == "json" else None
-        self.send(Welcome(nick, self.node.config.node_id, rooms, token, resumed))
+        self.send(Welcome(nick, self.node.config.node_id, tuple(r for r, _ in joined),
+                          token, resumed))
         if cmd.ref is not None:
             self.send(Ack(cmd.ref))
-        await security.registered(self, admission, folded)  # login, operator, mute
-        for room in rooms:
-            await self.node.join(self, room, announce=not resumed)
+        for room, floor in joined:
+            self.node.go_live(self, room, floor, announce=not resumed)
+        if failure is not None:
+            raise failure
 
     def _in_room(self, raw: str | None) -> str:
         room = check_room(raw) if raw is not None else self.room
@@ -635,8 +648,8 @@ class Session(asyncio.Protocol):
                     self.rooms.remove(room)
                     self.rooms.append(room)
                     self.send(Notice(f"current room is now {room}"))
-                else:
-                    await node.join(self, room)
+                else:  # its own join, then what was said since, then the ack
+                    node.go_live(self, room, await node.join(self, room))
                 self.send(Ack(cmd.ref))
             case Part(room=raw):
                 room = self._in_room(raw)

@@ -311,28 +311,37 @@ async def test_a_subscription_gap_is_repaired_from_the_stream(
         assert a.stats.repaired >= 5  # "after" may come from the stream too
 
 
-async def test_after_a_gap_json_clients_are_told_who_is_in_their_rooms(
+async def test_notices_of_a_gap_are_repaired_once_in_order(
         fake_server: fakeredis.FakeServer) -> None:
-    """Joins and quits published while a node's subscription is down are not in the
-    room's stream: the node tells its JSON clients the room's members afresh."""
+    """Joins, parts, renames and quits are in the room's stream like its messages: what a
+    node's subscription missed reaches its text and JSON users, once, in order."""
     async with running_node(fake_server, "n1", reconnect_min=1.0) as a, \
             running_node(fake_server, "n2") as b:
         alice = await json_user(port(a), "alice")
         tom = await text_user(port(a), "tom")
         bob = await json_user(port(b), "bob")
         await alice.event("join", nick="bob")
+        await tom.expect("* bob joined lobby")
         a.relay._rebuild = True  # drop node 1's subscription (as CLIENT KILL would)
         await wait_until(lambda: not a.relay.ready)
-        await json_user(port(b), "carol")  # joins while node 1 hears nothing
-        await bob.op("quit")
+        carol = await json_user(port(b), "carol")  # joins while node 1 hears nothing
+        await carol.op("say", text="said in the gap", ref=1)
+        await carol.event("ack", ref=1)
+        await carol.op("nick", nick="caroline", ref=2)
+        await carol.event("ack", ref=2)
+        await bob.op("quit", reason="off")
         await bob.closed()
         assert not a.relay.ready, "the gap closed before the test could use it"
-        who = await alice.event("who")
-        assert (who["room"], who["nicks"]) == ("lobby", ["alice", "carol", "tom"])
-        assert who.get("ref") is None  # unasked
+        await tom.expect("* bob quit (off)")
+        assert [line for line in tom.seen if "bob joined" not in line][-4:] == [
+            "* carol joined lobby", "[lobby] carol: said in the gap",
+            "* carol is now caroline", "* bob quit (off)"]
+        got = [await alice.event() for _ in range(4)]
+        assert [(e["ev"], e.get("nick") or e.get("from") or e.get("new")) for e in got] == [
+            ("join", "carol"), ("msg", "carol"), ("nick", "caroline"), ("quit", "bob")]
         await tom.send("/ping")
         await tom.expect("* pong")
-        assert not [line for line in tom.seen if line.startswith("* lobby:")]
+        assert sum("carol joined" in line for line in tom.seen) == 1
 
 
 async def test_a_gap_repair_tries_the_stream_again_when_redis_still_stumbles(
@@ -344,16 +353,16 @@ async def test_a_gap_repair_tries_the_stream_again_when_redis_still_stumbles(
         alice = await json_user(port(a), "alice")
         bob = await json_user(port(b), "bob")
         await alice.event("join", nick="bob")
-        history = a.relay.history
+        events = a.relay.events
         failures: list[tuple[Any, ...]] = []
 
         async def stumbling(*args: Any) -> Any:
             if len(failures) < 2:
                 failures.append(args)
                 raise RelayUnavailable("relay unavailable (test)") from ConnectionError()
-            return await history(*args)
+            return await events(*args)
 
-        monkeypatch.setattr(a.relay, "history", stumbling)
+        monkeypatch.setattr(a.relay, "events", stumbling)
         a.relay._rebuild = True  # drop node 1's subscription (as CLIENT KILL would)
         await wait_until(lambda: not a.relay.ready)
         for i in range(3):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from typing import Any
 
@@ -14,11 +15,11 @@ from node import envelope as env
 from node.envelope import (
     BadEnvelope,
     DirectMsg,
-    NickChange,
     RoomJoin,
     RoomMsg,
+    RoomNick,
     RoomPart,
-    UserQuit,
+    RoomQuit,
     parse,
     ts_of_id,
 )
@@ -30,12 +31,12 @@ EXAMPLES: list[env.Envelope] = [
     RoomMsg("dev", "bob", "n2/7", "with id", id="1700000000000-3"),
     RoomMsg("dev", "bob", "n2/7", "both", action=True, id="1-0"),
     RoomJoin("lobby", "alice"),
+    RoomJoin("lobby", "alice", id="1700000000000-1"),
     RoomPart("lobby", "alice"),
-    UserQuit("alice", ("lobby", "dev"), "bye now"),
-    UserQuit("alice", ("lobby",)),
-    UserQuit("alice", ()),
-    NickChange("alice", "alicia", ("lobby", "dev"), "n1/1"),
-    NickChange("alice", "ALICE", (), "n1/1"),
+    RoomQuit("lobby", "alice", "e1", "bye now"),
+    RoomQuit("dev", "alice", "e1", id="5-0"),
+    RoomNick("lobby", "alice", "alicia", "n1/1", "e2"),
+    RoomNick("dev", "alice", "ALICE", "n1/1", "e3", id="7-1"),
     DirectMsg("alice", "n1/1", "Bob", "bob", "psst", "pm-1-n1/1", 1700000000.25),
     env.Sanction("kick", "bob", "", "op", "spam"),
     env.Sanction("ban", "", "10.0.0.1", "op", None, 3600.0),
@@ -52,7 +53,7 @@ def test_every_kind_round_trips(envelope: env.Envelope) -> None:
 
 
 def test_every_kind_is_covered() -> None:
-    assert {type(e) for e in EXAMPLES} == {RoomMsg, RoomJoin, RoomPart, UserQuit, NickChange,
+    assert {type(e) for e in EXAMPLES} == {RoomMsg, RoomJoin, RoomPart, RoomQuit, RoomNick,
                                           DirectMsg, env.Sanction}
 
 
@@ -100,12 +101,22 @@ def test_room_msg_round_trips_any_text(room: str, sender: str, sid: str, text: s
 
 
 @settings(deadline=None)
-@given(nick=names, rooms=st.lists(names, max_size=5).map(tuple),
-       reason=st.one_of(st.none(), texts))
-def test_user_quit_round_trips_any_text(nick: str, rooms: tuple[str, ...],
+@given(nick=names, room=names, eid=names, reason=st.one_of(st.none(), texts))
+def test_room_quit_round_trips_any_text(nick: str, room: str, eid: str,
                                         reason: str | None) -> None:
-    quit_ = UserQuit(nick, rooms, reason)
+    quit_ = RoomQuit(room, nick, eid, reason)
     assert parse(quit_.serialize()) == quit_
+    stored = RoomQuit(room, nick, eid, reason, id="1700000000000-0")
+    assert parse(splice_id(quit_.serialize(), stored.id)) == stored
+
+
+@pytest.mark.parametrize("event", [RoomJoin("lobby", "a"), RoomPart("lobby", "a"),
+                                   RoomQuit("lobby", "a", "e"),
+                                   RoomNick("lobby", "a", "b", "s", "e")],
+                         ids=lambda e: type(e).__name__)
+def test_every_notice_takes_the_id_its_script_splices_in(event: env.RoomEvent) -> None:
+    """The stream scripts add the id as the first member of what they publish."""
+    assert parse(splice_id(event.serialize(), "42-7")) == dataclasses.replace(event, id="42-7")
 
 
 def test_ensure_ascii_is_off_and_text_is_utf8() -> None:
@@ -202,11 +213,12 @@ def test_unknown_type_is_refused(kind: Any) -> None:
     (RoomMsg("lobby", "a", "s", "t"), "id", 17),
     (RoomJoin("lobby", "a"), "nick", {"n": 1}),
     (RoomPart("lobby", "a"), "room", True),
-    (UserQuit("a", ("lobby",)), "rooms", "lobby"),
-    (UserQuit("a", ("lobby",)), "rooms", ["lobby", 3]),
-    (UserQuit("a", ("lobby",)), "nick", 1.5),
-    (NickChange("a", "b", ("lobby",), "s"), "new", 0),
-    (NickChange("a", "b", ("lobby",), "s"), "rooms", {"lobby": 1}),
+    (RoomQuit("lobby", "a", "e"), "room", ["lobby"]),
+    (RoomQuit("lobby", "a", "e"), "eid", 3),
+    (RoomQuit("lobby", "a", "e"), "nick", 1.5),
+    (RoomNick("lobby", "a", "b", "s", "e"), "new", 0),
+    (RoomNick("lobby", "a", "b", "s", "e"), "room", {"lobby": 1}),
+    (RoomJoin("lobby", "a"), "id", 5),
     (DirectMsg("a", "s", "b", "b", "t", "i", 1.0), "ts", "1.0"),
     (DirectMsg("a", "s", "b", "b", "t", "i", 1.0), "ts", True),
     (DirectMsg("a", "s", "b", "b", "t", "i", 1.0), "ts", None),
@@ -225,9 +237,9 @@ def test_bad_envelope_is_a_hubbub_error_with_a_code() -> None:
 
 
 def test_quit_reason_of_wrong_type_is_dropped_not_fatal() -> None:
-    body = json.loads(UserQuit("a", ("lobby",), "r").serialize())
+    body = json.loads(RoomQuit("lobby", "a", "e", "r").serialize())
     body["reason"] = 5
-    assert parse(json.dumps(body)) == UserQuit("a", ("lobby",), None)
+    assert parse(json.dumps(body)) == RoomQuit("lobby", "a", "e", None)
 
 
 @pytest.mark.parametrize(("stream_id", "ts"), [

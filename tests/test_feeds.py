@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.envelope import RoomMsg
+from node.envelope import RoomEvent, RoomMsg
 from node.feeds import RoomFeed
 
 
@@ -13,7 +13,7 @@ def m(i: int) -> RoomMsg:
     return RoomMsg("r", "bob", "s", f"t{i}", id=f"{1000 + i}-0")
 
 
-def ids(msgs: list[RoomMsg]) -> list[int]:
+def ids(msgs: list[RoomEvent]) -> list[int]:
     return [int(x.id.split("-")[0]) - 1000 for x in msgs]
 
 

@@ -387,6 +387,17 @@ async def events_until_sentinel(raw: Any, pubsub: Any, channel: str) -> list[env
             out.append(env.parse(message["data"]))
 
 
+async def quits_in_rooms(relay: Relay, rooms: tuple[str, ...]
+                         ) -> dict[str, list[env.RoomQuit]]:
+    """The quits stored in ``rooms``' streams, by nick, in room order."""
+    out: dict[str, list[env.RoomQuit]] = {}
+    for room in rooms:
+        for e in await relay.events(room, "0-0", 10_000):
+            if isinstance(e, env.RoomQuit):
+                out.setdefault(e.nick, []).append(e)
+    return out
+
+
 async def everything_stored(raw: Any) -> str:
     """Every key and its content, as one string to search."""
     parts = []
@@ -429,20 +440,16 @@ async def test_reap_releases_every_name_of_a_dead_node_once(make_relay: Any,
     b, _ = make_relay("node-b")
     await b.renew()
     held = await dead_node_with_names(a, raw, 7)
-    events = await subscribe_events(raw, a.keys.events)
-    try:
-        assert await b.reap() == 7
-        assert await b.reap() == 0  # nothing left to do
-        quits = await events_until_sentinel(raw, events, a.keys.events)
-    finally:
-        await events.aclose()
-    assert sorted(q.nick for q in quits if isinstance(q, env.UserQuit)) == sorted(
-        i.nick for i in held.values())
-    assert len(quits) == 7
-    for q in quits:
-        assert isinstance(q, env.UserQuit)
-        assert q.reason == "connection lost"
-        assert q.rooms == next(i.rooms for i in held.values() if i.nick == q.nick)
+    assert await b.reap() == 7
+    assert await b.reap() == 0  # nothing left to do
+    quits = await quits_in_rooms(b, ("lobby", "dev"))
+    # each name quit once in each of its rooms, the same quit (one eid) in all of them
+    assert sorted(quits) == sorted(i.nick for i in held.values())
+    for nick, rooms in quits.items():
+        assert [q.room for q in rooms] == list(
+            next(i.rooms for i in held.values() if i.nick == nick))
+        assert {q.reason for q in rooms} == {"connection lost"}
+        assert len({q.eid for q in rooms}) == 1
     for folded in held:
         assert await raw.get(a.keys.lease(folded)) is None
         assert await b.lookup(folded) is None
@@ -459,16 +466,12 @@ async def test_two_concurrent_reapers_release_each_name_exactly_once(make_relay:
     b, _ = make_relay("node-b")
     c, _ = make_relay("node-c")
     held = await dead_node_with_names(a, raw, 20)
-    events = await subscribe_events(raw, a.keys.events)
-    try:
-        released = await asyncio.gather(b.reap(), c.reap(), b.reap(), c.reap())
-        quits = await events_until_sentinel(raw, events, a.keys.events)
-    finally:
-        await events.aclose()
+    released = await asyncio.gather(b.reap(), c.reap(), b.reap(), c.reap())
     assert sum(released) == len(held)
-    assert sorted(q.nick for q in quits if isinstance(q, env.UserQuit)) == sorted(
-        i.nick for i in held.values())
-    assert len(quits) == len(held)
+    quits = await quits_in_rooms(b, ("lobby", "dev"))
+    assert sorted(quits) == sorted(i.nick for i in held.values())
+    for nick, rooms in quits.items():
+        assert len(rooms) == len(next(i.rooms for i in held.values() if i.nick == nick))
     assert "node-a" not in await everything_stored(raw)
 
 
@@ -627,16 +630,21 @@ async def test_events_and_private_messages_reach_the_sink(make_relay: Any) -> No
     a, sink = make_relay("node-a")
     b, _ = make_relay("node-b")
     async with running(a):
-        await b.leave_all("bob", "Bob", ["lobby"], "gone")
-        await b.rename_in_rooms("carol", "caroline", "Carol", "Caroline", ["lobby"], "node-b/2")
         pm = env.DirectMsg("bob", "node-b/1", "alice", "alice", "psst", "pm-1", 12.5)
         await b.private(pm, "node-a")
+        await sink.wait_for(lambda: len(sink.envelopes) == 1)
+        await a.subscribe_room("lobby")
+        await b.leave_all("bob", "Bob", ["lobby"], "gone")
+        await b.rename_in_rooms("carol", "caroline", "Carol", "Caroline", ["lobby"], "node-b/2")
         await sink.wait_for(lambda: len(sink.envelopes) == 3)
-    assert sink.envelopes == [
-        env.UserQuit("Bob", ("lobby",), "gone"),
-        env.NickChange("Carol", "Caroline", ("lobby",), "node-b/2"),
-        pm,
-    ]
+    quit_, nick = sink.envelopes[1:]
+    stored = await b.events("lobby", "0-0", 10)
+    assert sink.envelopes[0] == pm
+    assert isinstance(quit_, env.RoomQuit) and isinstance(nick, env.RoomNick)
+    assert (quit_.room, quit_.nick, quit_.reason) == ("lobby", "Bob", "gone")
+    assert (nick.room, nick.old, nick.new, nick.sid) == ("lobby", "Carol", "Caroline",
+                                                         "node-b/2")
+    assert stored == [quit_, nick]  # what the channel carried is what the stream holds
 
 
 async def test_unsubscribed_room_is_not_delivered(make_relay: Any, raw: Any) -> None:
