@@ -6,10 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import signal
 import time
+from typing import Any
 
 import pytest
 
+from node import envelope as env
+from node.keys import Keys
+
+from ..helpers import JsonClient, LineClient
 from ..integration.procs import is_event, redis_server
 from .harness import (
     Talker,
@@ -81,7 +87,7 @@ async def test_pubsub_killed_resubscribed_and_gap_repaired() -> None:
                     lost += len(set(acked) - set(got))
                     dups += len(got) - len(set(got))
                     disorder += out_of_order(got)
-            repaired = sum(json.loads(line).get("messages", 0)
+            repaired = sum(json.loads(line).get("events", 0)
                            for proc in (n1, n2) for line in proc.lines
                            if is_event("gap repaired")(line))
             noticed = sum(1 for b in resub if b < math.inf)
@@ -89,7 +95,7 @@ async def test_pubsub_killed_resubscribed_and_gap_repaired() -> None:
                   f"the relay noticed and resubscribed {noticed} of {len(resub)} times"
                   + (f" (after {min(resub):.2f}-{max(b for b in resub if b < math.inf):.2f} s)"
                      if noticed else "") + f"; {repaired} "
-                  f"messages repaired from the streams; receivers: lost {lost}, duplicated "
+                  f"events repaired from the streams; receivers: lost {lost}, duplicated "
                   f"{dups}, out of order {disorder}")
             assert max(resub) < RESUBSCRIBE
             assert (lost, dups, disorder) == (0, 0, 0)
@@ -98,3 +104,86 @@ async def test_pubsub_killed_resubscribed_and_gap_repaired() -> None:
                 await t.stop()
             await close_all(users)
             await stop_all(p for p, _ in nodes)
+
+
+def as_text(e: env.Envelope) -> str:
+    """How a text user is shown a lobby event (docs/PROTOCOL.md)."""
+    match e:
+        case env.RoomMsg():
+            return f"[lobby] {e.sender}: {e.text}"
+        case env.RoomJoin():
+            return f"* {e.nick} joined lobby"
+        case env.RoomPart():
+            return f"* {e.nick} left lobby"
+        case env.RoomQuit():
+            return f"* {e.nick} quit ({e.reason})" if e.reason else f"* {e.nick} quit"
+        case env.RoomNick():
+            return f"* {e.old} is now {e.new}"
+    raise AssertionError(e)
+
+
+async def test_a_text_user_on_a_cut_node_sees_every_notice_and_line_once_in_order() -> None:
+    """Users join, talk, rename, part and quit on node 2 while node 1's subscription is
+    killed (node 1 held still meanwhile, so the users' comings and goings fall in the
+    gap): node 1's text user is shown exactly the room's stream from its own join on --
+    notices and lines, once each, in the stream's order."""
+    async with redis_server() as (url, _), redis_client(url) as r:
+        nodes = await start_nodes(url, ["p1", "p2"], *base_args())
+        (n1, port1), (_, port2) = nodes
+        try:
+            watcher = await LineClient.connect(port1)
+            await watcher.expect("* GET_NAME")
+            await watcher.send("watch")
+            await watcher.expect("* watch joined lobby")
+            start = len(watcher.seen) - 1
+
+            async def churn(k: int) -> None:
+                c = await JsonClient.connect(port2)
+                await c.op("hello", nick=f"c{k}", rooms=["lobby", "side"])
+                await c.event("welcome")
+                for n, (op, args) in enumerate([
+                        ("say", {"room": "lobby", "text": f"hello from c{k}"}),
+                        ("nick", {"nick": f"d{k}"}),
+                        ("say", {"room": "lobby", "text": f"now d{k}"}),
+                        ("part", {"room": "lobby"}), ("join", {"room": "lobby"})]):
+                    await c.op(op, ref=n, **args)
+                    await c.event("ack", ref=n)
+                await c.op("quit", reason=f"bye {k}")
+                await c.closed()
+
+            killed = 0
+            for k in range(30):
+                await churn(k)
+                if k % 10 == 3:  # cut node 1 off while the next user comes and goes
+                    n1.signal(signal.SIGSTOP)  # (so it cannot resubscribe at once)
+                    assert await r.client_kill_filter(_type="pubsub") == 2
+                    killed += 1
+                    await churn(100 + k)
+                    thawed_at = time.monotonic()
+                    n1.signal(signal.SIGCONT)
+                    await wait_event(n1, "relay subscribed", thawed_at, timeout=RESUBSCRIBE)
+            mark = await JsonClient.connect(port2)
+            await mark.op("hello", nick="mark")
+            await mark.event("welcome")
+            await mark.op("say", text="end", ref=1)
+            await mark.event("ack", ref=1)
+            await watcher.expect("[lobby] mark: end")
+
+            stream = [as_text(e) for _, e in await lobby_stream(r)]
+            own = stream.index("* watch joined lobby")
+            shown = [line for line in watcher.seen[start:]
+                     if line.startswith(("[lobby]", "* ")) and not line.startswith("* welcome")]
+            repaired = sum(json.loads(line).get("events", 0) for line in n1.lines
+                           if is_event("gap repaired")(line))
+            print(f"\n{killed} cuts of node 1's subscription while 33 users came and went: "
+                  f"{len(shown)} lobby events shown to its text user, {repaired} "
+                  "repaired from the stream")
+            assert shown == stream[own:]
+            assert repaired >= 3 * 7  # each cut: a user's join, 2 lines, rename, part...
+        finally:
+            await stop_all(p for p, _ in nodes)
+
+
+async def lobby_stream(r: Any) -> list[tuple[str, env.Envelope]]:
+    entries = await r.xrange(Keys("hubbub:").history("lobby"))  # the default prefix
+    return [(i, env.parse(fields["e"])) for i, fields in entries]
