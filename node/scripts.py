@@ -8,25 +8,14 @@ Tokens are ``<node id>/<random hex>``; a name's info JSON carries its holder's t
 its ``token`` field.  Whether an info entry is ours is decided by decoding it (cjson,
 under pcall: an unreadable entry is nobody's) and comparing that field with the token
 exactly: a token is a credential, and a substring of the JSON (``{``) would match every
-entry.
+entry.  Each script that decides this carries the same ``token_of`` function, written out:
+a script is a constant, never spliced together.
 """
 
 from __future__ import annotations
 
 __all__ = ["CLAIM", "PUBLISH_MSG", "REAP", "RELEASE", "RENAME", "RENEW", "RESUME",
            "UPDATE_INFO"]
-
-# The token recorded in an info entry; nil when the entry is missing or unreadable.
-_TOKEN_OF = """
-local function token_of(info)
-  if not info then return nil end
-  local ok, entry = pcall(cjson.decode, info)
-  if ok and type(entry) == 'table' and type(entry.token) == 'string' then
-    return entry.token
-  end
-  return nil
-end
-"""
 
 # KEYS: nicks, lease, info, owned(node), nodes, alive(node)
 # ARGV: folded, token, ttl_ms, info_json, node_id
@@ -61,7 +50,15 @@ return {1, old}
 # entry's token field.
 # -> {1, previous info} | {0, ''} (the name is free: no lease, no entry) |
 #    {-1, ''} (the name is someone's and the token is not its holder's)
-RESUME = _TOKEN_OF + """
+RESUME = """
+local function token_of(info)  -- the entry's token; nil if missing or unreadable
+  if not info then return nil end
+  local ok, entry = pcall(cjson.decode, info)
+  if ok and type(entry) == 'table' and type(entry.token) == 'string' then
+    return entry.token
+  end
+  return nil
+end
 local cur = redis.call('GET', KEYS[2])
 local old = redis.call('HGET', KEYS[3], ARGV[1])
 if ARGV[2] == '' then return {-1, ''} end
@@ -85,7 +82,15 @@ return {1, old}
 # KEYS: nicks, lease, info, owned(node)
 # ARGV: folded, token
 # Compare-and-delete: a holder that lost its lease never deletes a successor's name.
-RELEASE = _TOKEN_OF + """
+RELEASE = """
+local function token_of(info)  -- the entry's token; nil if missing or unreadable
+  if not info then return nil end
+  local ok, entry = pcall(cjson.decode, info)
+  if ok and type(entry) == 'table' and type(entry.token) == 'string' then
+    return entry.token
+  end
+  return nil
+end
 local cur = redis.call('GET', KEYS[2])
 if cur == ARGV[2] then redis.call('DEL', KEYS[2]) end
 if cur == ARGV[2] or not cur then
@@ -103,7 +108,15 @@ return 0
 # ARGV: new folded, token, ttl_ms, new info_json, node_id, old folded
 # -> {1, stale info or ''} | {0, ''} (new name held by someone else, or, for a new name
 #    that folds to the old one, the lease is not ours any more)
-RENAME = _TOKEN_OF + """
+RENAME = """
+local function token_of(info)  -- the entry's token; nil if missing or unreadable
+  if not info then return nil end
+  local ok, entry = pcall(cjson.decode, info)
+  if ok and type(entry) == 'table' and type(entry.token) == 'string' then
+    return entry.token
+  end
+  return nil
+end
 local old = ''
 if ARGV[1] ~= ARGV[6] then
   if redis.call('EXISTS', KEYS[2]) == 1 then return {0, ''} end
@@ -156,7 +169,15 @@ return lost
 # ARGV: dead node id, folded_1 .. folded_n
 # Releases the names of a node whose heartbeat expired; returns {folded, info, folded, info..}
 # for each name it released (exactly one reaper gets each, so each quit is announced once).
-REAP = _TOKEN_OF + """
+REAP = """
+local function token_of(info)  -- the entry's token; nil if missing or unreadable
+  if not info then return nil end
+  local ok, entry = pcall(cjson.decode, info)
+  if ok and type(entry) == 'table' and type(entry.token) == 'string' then
+    return entry.token
+  end
+  return nil
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {} end
 local mine = ARGV[1] .. '/'
 local out = {}

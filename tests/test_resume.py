@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node import envelope as env
+from node import scripts
 from node.config import NodeConfig
 from node.errors import BadArguments
 from node.keys import Keys
@@ -169,6 +170,18 @@ def test_the_reaper_takes_only_entries_recorded_under_the_dead_nodes_token() -> 
         assert await redis.hget(KEYS.info, "carol") == b"{"
 
     _on_redis(True, scenario)
+
+
+def test_every_script_that_decides_ownership_reads_the_token_the_same_way() -> None:
+    def token_of(script: str) -> str:
+        start = script.index("local function token_of(info)")
+        return script[start:script.index("\nend\n", start)]
+
+    copies = {token_of(s) for s in (scripts.RESUME, scripts.RELEASE, scripts.RENAME,
+                                    scripts.REAP)}
+    assert len(copies) == 1
+    assert "string.find" not in scripts.RESUME + scripts.RELEASE + scripts.RENAME + \
+        scripts.REAP
 
 
 # --------------------------------------------------------------------------- the edge
