@@ -103,8 +103,8 @@ class _NodeCollector(Collector):
         security = node.security
         auth = CounterMetricFamily(
             "hubbub_auth_refusals", "Authentication attempts refused, by reason (failed: a "
-            "wrong password, token or operator secret; throttled: over a failed-attempt cap, "
-            "not checked; busy: the password hash queue was full).", labels=["reason"])
+            "wrong password, token, operator secret or resume token; throttled: over a "
+            "failed-attempt cap; busy: the password hash queue was full).", labels=["reason"])
         for reason, count in (("failed", security.login_failures),
                               ("throttled", security.throttle.refused),
                               ("busy", security.hasher.refused)):

@@ -10,6 +10,8 @@ Pure functions, no I/O.  The session calls them on whatever a codec parsed:
   ASCII so they can be used verbatim in Redis keys and channel names.
 * :func:`clean_text` removes everything that could drive another user's terminal (escape
   sequences, control characters, bidi overrides) before a message is relayed.
+* :func:`check_token` refuses a resume token that is not of the shape the cluster hands
+  out, before it reaches Redis.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import unicodedata
 
 from disarm import skeleton_key
 
-from node.errors import BadNick, BadRoom, EmptyText
+from node.errors import BadArguments, BadNick, BadRoom, EmptyText
 
 __all__ = [
     "MAX_NICK",
     "MAX_ROOM",
     "check_nick",
     "check_room",
+    "check_token",
     "clean_text",
     "fold_nick",
 ]
@@ -145,6 +148,25 @@ def check_room(raw: str) -> str:
     if _ROOM_RE.fullmatch(name) is None:
         raise BadRoom()
     return name
+
+
+# --------------------------------------------------------------------------- tokens
+
+_TOKEN_RE = re.compile(r"[A-Za-z0-9._-]{1,64}/[0-9a-f]{32}", re.ASCII)
+
+
+def check_token(raw: str) -> str:
+    """Return ``raw`` if it has the shape of a resume token: ``<node id>/<32 hex>`` (a
+    node id is 1-64 of ``A-Z a-z 0-9 . _ -``; the hex is lowercase), exactly as a
+    ``welcome`` carries it.
+
+    Raises:
+        BadArguments: empty, or any other shape.
+    """
+    if _TOKEN_RE.fullmatch(raw) is None:
+        raise BadArguments("'token' must be the resume token a welcome gave "
+                           "(<node id>/<32 hex digits>)")
+    return raw
 
 
 # --------------------------------------------------------------------------- text

@@ -85,6 +85,9 @@ class NameInfo:
     """The token this session resumed from (its previous session's)."""
     oper: bool = False
     """The session is an operator (a resume with its token carries that over)."""
+    account: str | None = None
+    """The folded name of the account the session is logged in to (a resume with its
+    token carries that over; nothing else logs a resumed session in)."""
 
     def serialize(self) -> str:
         body: dict[str, Any] = {"nick": self.nick, "token": self.token, "node": self.node,
@@ -93,15 +96,19 @@ class NameInfo:
             body["prev"] = self.prev
         if self.oper:
             body["oper"] = True
+        if self.account:
+            body["account"] = self.account
         return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def parse(cls, data: bytes | str) -> NameInfo:
         d = json.loads(data)
         prev = d.get("prev")
+        account = d.get("account")
         return cls(nick=str(d["nick"]), token=str(d["token"]), node=str(d["node"]),
                    rooms=tuple(str(r) for r in d.get("rooms", ())),
-                   prev=str(prev) if prev else None, oper=d.get("oper") is True)
+                   prev=str(prev) if prev else None, oper=d.get("oper") is True,
+                   account=account if isinstance(account, str) and account else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +116,9 @@ class ClaimResult:
     ok: bool
     stale: NameInfo | None = None
     """A previous holder whose lease had run out (its quit is still to be announced)."""
+    wrong_token: bool = False
+    """A refused resume: the name is someone's and the token given is not its holder's
+    (not set when the name is merely free)."""
 
 
 @dataclass(slots=True)
@@ -271,8 +281,9 @@ class Relay:
         return ClaimResult(True, self._stale(old, info.token))
 
     async def resume(self, folded: str, old_token: str, info: NameInfo) -> ClaimResult:
-        """Take a name over with the resume credential of its previous session; the
-        result's ``stale`` is what the previous session had recorded (None if nothing)."""
+        """Take a name over with the resume credential of its previous session (exactly
+        its token); the result's ``stale`` is what the previous session had recorded (None
+        if nothing), ``wrong_token`` says the name is someone else's credential's."""
         k = self.keys
         async with translated("resume"):
             ok, old = await self._resume(
@@ -280,8 +291,8 @@ class Relay:
                       k.alive(self.node_id)],
                 args=[folded, old_token, info.token, self._ttl_ms, info.serialize(),
                       self.node_id])
-        if not ok:
-            return ClaimResult(False)
+        if int(ok) != 1:
+            return ClaimResult(False, wrong_token=int(ok) < 0)
         self._leases[folded] = info.token
         return ClaimResult(True, self._stale(old, info.token))
 

@@ -4,8 +4,12 @@ Name scripts touch only ``{nicks}`` keys; the publish script only one room's key
 key a script touches is passed in KEYS (Redis Cluster requires it).  Nothing a user typed
 ever becomes Lua source: it arrives as ARGV.
 
-Tokens are ``<node id>/<random hex>``; a name's info JSON contains ``"token":"<token>"``,
-so ``string.find(info, token, 1, true)`` tells whether an info entry is ours.
+Tokens are ``<node id>/<random hex>``; a name's info JSON carries its holder's token in
+its ``token`` field.  Whether an info entry is ours is decided by decoding it (cjson,
+under pcall: an unreadable entry is nobody's) and comparing that field with the token
+exactly: a token is a credential, and a substring of the JSON (``{``) would match every
+entry.  Each script that decides this carries the same ``token_of`` function, written out:
+a script is a constant, never spliced together.
 """
 
 from __future__ import annotations
@@ -42,15 +46,30 @@ return {1, old}
 # Compare-and-swap of the lease: only the holder of the old token (the resume credential
 # a client got in its welcome) may move a name to this node, whether the old lease is
 # still live (its node is dead but not yet expired) or ran out and was not reaped yet.
-# -> {1, previous info} | {0, ''} (token wrong, or the name is free or someone else's)
+# The token must be the holder's exactly: the lease's value, or (lease gone) the info
+# entry's token field.
+# -> {1, previous info} | {0, ''} (the name is free: no lease, no entry) |
+#    {-1, ''} (the name is someone's and the token is not its holder's)
 RESUME = """
-local cur = redis.call('GET', KEYS[2])
-local old = redis.call('HGET', KEYS[3], ARGV[1]) or ''
-if cur then
-  if cur ~= ARGV[2] then return {0, ''} end
-elseif old == '' or not string.find(old, ARGV[2], 1, true) then
-  return {0, ''}
+local function token_of(info)  -- the entry's token; nil if missing or unreadable
+  if not info then return nil end
+  local ok, entry = pcall(cjson.decode, info)
+  if ok and type(entry) == 'table' and type(entry.token) == 'string' then
+    return entry.token
+  end
+  return nil
 end
+local cur = redis.call('GET', KEYS[2])
+local old = redis.call('HGET', KEYS[3], ARGV[1])
+if ARGV[2] == '' then return {-1, ''} end
+if cur then
+  if cur ~= ARGV[2] then return {-1, ''} end
+elseif not old then
+  return {0, ''}
+elseif token_of(old) ~= ARGV[2] then
+  return {-1, ''}
+end
+old = old or ''
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[5])
@@ -64,11 +83,18 @@ return {1, old}
 # ARGV: folded, token
 # Compare-and-delete: a holder that lost its lease never deletes a successor's name.
 RELEASE = """
+local function token_of(info)  -- the entry's token; nil if missing or unreadable
+  if not info then return nil end
+  local ok, entry = pcall(cjson.decode, info)
+  if ok and type(entry) == 'table' and type(entry.token) == 'string' then
+    return entry.token
+  end
+  return nil
+end
 local cur = redis.call('GET', KEYS[2])
 if cur == ARGV[2] then redis.call('DEL', KEYS[2]) end
 if cur == ARGV[2] or not cur then
-  local info = redis.call('HGET', KEYS[3], ARGV[1])
-  if info and string.find(info, ARGV[2], 1, true) then
+  if token_of(redis.call('HGET', KEYS[3], ARGV[1])) == ARGV[2] then
     redis.call('SREM', KEYS[1], ARGV[1])
     redis.call('HDEL', KEYS[3], ARGV[1])
   end
@@ -83,6 +109,14 @@ return 0
 # -> {1, stale info or ''} | {0, ''} (new name held by someone else, or, for a new name
 #    that folds to the old one, the lease is not ours any more)
 RENAME = """
+local function token_of(info)  -- the entry's token; nil if missing or unreadable
+  if not info then return nil end
+  local ok, entry = pcall(cjson.decode, info)
+  if ok and type(entry) == 'table' and type(entry.token) == 'string' then
+    return entry.token
+  end
+  return nil
+end
 local old = ''
 if ARGV[1] ~= ARGV[6] then
   if redis.call('EXISTS', KEYS[2]) == 1 then return {0, ''} end
@@ -93,8 +127,7 @@ if ARGV[1] ~= ARGV[6] then
   redis.call('SADD', KEYS[5], ARGV[5])
   redis.call('SET', KEYS[7], '1', 'PX', ARGV[3], 'NX')
   if redis.call('GET', KEYS[6]) == ARGV[2] then redis.call('DEL', KEYS[6]) end
-  local info = redis.call('HGET', KEYS[3], ARGV[6])
-  if info and string.find(info, ARGV[2], 1, true) then
+  if token_of(redis.call('HGET', KEYS[3], ARGV[6])) == ARGV[2] then
     redis.call('SREM', KEYS[1], ARGV[6])
     redis.call('HDEL', KEYS[3], ARGV[6])
   end
@@ -137,16 +170,24 @@ return lost
 # Releases the names of a node whose heartbeat expired; returns {folded, info, folded, info..}
 # for each name it released (exactly one reaper gets each, so each quit is announced once).
 REAP = """
+local function token_of(info)  -- the entry's token; nil if missing or unreadable
+  if not info then return nil end
+  local ok, entry = pcall(cjson.decode, info)
+  if ok and type(entry) == 'table' and type(entry.token) == 'string' then
+    return entry.token
+  end
+  return nil
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {} end
 local mine = ARGV[1] .. '/'
-local mark = '"token":"' .. mine
 local out = {}
 for i = 2, #ARGV do
   local folded = ARGV[i]
   local lease = KEYS[i + 4]
   local cur = redis.call('GET', lease)
   local info = redis.call('HGET', KEYS[4], folded)
-  if info and string.find(info, mark, 1, true)
+  local holder = token_of(info)
+  if holder and string.sub(holder, 1, #mine) == mine
      and (not cur or string.sub(cur, 1, #mine) == mine) then
     redis.call('DEL', lease)
     redis.call('SREM', KEYS[3], folded)

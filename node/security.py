@@ -7,8 +7,11 @@ Theory of operation
   mode, ``secret`` in the JSON ``hello``), compared in constant time.  ``accounts``: a
   name protected with ``/register PASSWORD`` can only be used after a login with its
   password (``/login NAME PASSWORD``, or ``password`` in the JSON ``hello``); guests use
-  any unregistered name.  A successful resume (its token proves the previous session was
-  admitted) needs no password again, so a failover storm costs no hashing.
+  any unregistered name.  A successful resume (its token, compared exactly, proves the
+  previous session was admitted) needs no password again, so a failover storm costs no
+  hashing; it restores the login and operator status the previous session had recorded
+  with its name, and nothing else.  A resume with a token that is not the name's
+  holder's is charged like a failed login.
 * **Passwords** are hashed with argon2id (argon2-cffi's defaults) on a small dedicated
   thread pool (:class:`Hasher`): at most ``hash_concurrency`` hashes run at once and at
   most ``hash_queue`` wait; more are refused at once (``auth-busy``), so a login flood
@@ -18,7 +21,8 @@ Theory of operation
   count is cluster-wide.  An attempt is charged *before* its password is checked (the
   ATTEMPT script refuses it unchecked once a count is at its cap) and refunded when it
   succeeds, so concurrent guesses cannot slip past the cap.  Wrong access tokens and
-  operator secrets count against the address.
+  operator secrets count against the address; wrong resume tokens against the name and
+  the address (charged once found wrong: the holder's own token is never refused).
 * **Operators** are sessions that gave the operator secret (``/oper``) or logged in to an
   account that is flagged (``hubbub account oper NAME``) or listed in
   ``--oper-accounts``.  Bans and mutes are Redis keys whose TTL is their duration, plus
@@ -98,6 +102,7 @@ from .names import check_nick, clean_text, fold_nick
 from .redis_errors import translated
 
 if TYPE_CHECKING:
+    from .relay import NameInfo
     from .server import ChatNode
     from .session import Session
 
@@ -552,8 +557,9 @@ class Security:
 
     async def registered(self, s: Session, admission: Admission, folded: str) -> None:
         """After the welcome: remember the login, operator status and mute (never raises:
-        the name is claimed by now)."""
-        if admission.account is not None:
+        the name is claimed by now).  A resumed session is logged in only if its previous
+        one was (:meth:`restore`), never because its name has an account."""
+        if admission.account is not None and s.resumed_from is None:
             await self._logged_in(s, folded)
         if admission.muted_for > 0:
             self._mute(s, admission.muted_for, None, admission.mute_reason)
@@ -569,6 +575,9 @@ class Security:
             s.oper = True
             audit(s.nick, "oper", s.nick, via="account")
         log.info("logged in", account=folded, oper=s.oper)
+        if s.registered:  # recorded with the name, for a resume
+            with contextlib.suppress(RelayUnavailable):
+                await self.node.relay.update_info(s.folded, self.node.name_info(s))
 
     async def check_rename(self, s: Session, new: str) -> None:
         """``/nick NEW``: NEW must not be banned, nor someone else's account."""
@@ -799,11 +808,36 @@ class Security:
             elif e.action == "ghost":
                 self.ghost(s)
 
-    def restore_oper(self, s: Session) -> None:
-        """A resume of an operator's session: it stays an operator (whoever holds the
-        resume token holds the session)."""
-        s.oper = True
-        audit(s.nick, "oper", s.nick, via="resume")
+    async def resume_refused(self, s: Session, folded: str) -> None:
+        """A resume with a token that is not the name's holder's: charged against the
+        name's and the address's failed-login caps (AuthThrottled once one is reached).
+        Only failures are charged, so however much a name is hammered its holder's own
+        token still resumes it."""
+        await self.throttle.charge(folded, s.ip)
+        self.login_failures += 1
+        self.throttle.failed += 1
+        log.warning("resume refused: not the name's token", name=folded)
+
+    async def restore(self, s: Session, previous: NameInfo) -> None:
+        """A resume (whoever holds the resume token holds the session): exactly the
+        operator status and account login the previous session had, never more; a login
+        to an account deleted meanwhile is not restored."""
+        if previous.account is not None and self.config.auth == "accounts":
+            try:
+                exists = await self.accounts.get(previous.account) is not None
+            except RelayUnavailable:
+                log.warning("could not read the account of a resumed login",
+                            account=previous.account)
+                exists = False
+            if exists:
+                s.account = previous.account
+                log.info("login restored", account=previous.account)
+        if previous.oper:
+            s.oper = True
+            audit(s.nick, "oper", s.nick, via="resume")
+        if s.oper or s.account is not None:  # recorded for the next resume
+            with contextlib.suppress(RelayUnavailable):
+                await self.node.relay.update_info(s.folded, self.node.name_info(s))
 
     def ghost(self, s: Session) -> None:
         """Someone logged in to this session's name with its password: end this one."""

@@ -241,7 +241,7 @@ class ChatNode:
     def name_info(self, s: Session, nick: str | None = None) -> NameInfo:
         """What the cluster records of ``s``'s name (``{nicks}:info``)."""
         return NameInfo(nick or s.nick, s.token, self.config.node_id, tuple(s.rooms),
-                        prev=s.resumed_from, oper=s.oper)
+                        prev=s.resumed_from, oper=s.oper, account=s.account)
 
     async def register(self, s: Session, nick: str, folded: str) -> None:
         if folded in self.local:
@@ -290,19 +290,27 @@ class ChatNode:
                 await pause(delay)
 
     async def resume(self, s: Session, nick: str, folded: str, token: str) -> bool:
-        """Take over a name with its previous session's credential; False if refused."""
-        if folded in self.local:
+        """Take over a name with its previous session's credential; False if refused.
+        A token that is not the holder's is charged like a failed login (AuthThrottled
+        past a cap); a resumed session gets back what its previous session had recorded
+        (operator status, account login), nothing more."""
+        holder = self.local.get(folded)
+        if holder is not None:
+            if holder.token != token:
+                await self.security.resume_refused(s, folded)
             return False
         s.token = self.relay.new_token()
         s.resumed_from = token
         result = await self.relay.resume(folded, token, self.name_info(s, nick))
         if not result.ok:
             s.resumed_from = None
+            if result.wrong_token:
+                await self.security.resume_refused(s, folded)
             return False
         s.nick, s.folded = nick, folded
         self.local[folded] = s
-        if result.stale is not None and result.stale.oper:
-            self.security.restore_oper(s)
+        if result.stale is not None and result.stale.token == token:
+            await self.security.restore(s, result.stale)
         return True
 
     async def _bury(self, folded: str, stale: NameInfo) -> None:

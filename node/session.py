@@ -78,7 +78,7 @@ from .model import (
     Who,
     WhoReply,
 )
-from .names import check_nick, check_room, clean_text, fold_nick
+from .names import check_nick, check_room, check_token, clean_text, fold_nick
 from .outbox import SendQueue
 from .protocol import ServerConnection
 from .redis_errors import describe
@@ -589,6 +589,8 @@ class Session(asyncio.Protocol):
         nick = check_nick(cmd.nick)
         folded = fold_nick(nick)
         rooms = tuple(dict.fromkeys(check_room(r) for r in cmd.rooms)) or (LOBBY,)
+        if cmd.token is not None:
+            check_token(cmd.token)  # empty or malformed: bad-args
         security = self.node.security
         admission = await security.admit(self, cmd, folded)
         resumed = bool(cmd.token) and await self.node.resume(self, nick, folded, cmd.token or "")
