@@ -9,7 +9,9 @@ Pure functions, no I/O.  The session calls them on whatever a codec parsed:
 * :func:`check_room` turns ``#Lobby`` into ``lobby`` or refuses it.  Room names are plain
   ASCII so they can be used verbatim in Redis keys and channel names.
 * :func:`clean_text` removes everything that could drive another user's terminal (escape
-  sequences, control characters, bidi overrides) before a message is relayed.
+  sequences, control characters, bidi overrides) and collapses every run of blank space to
+  one space before a message is relayed; :func:`clean_reason` does the same for the
+  optional reason of a quit, kick, ban or mute, and shortens it.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from node.errors import BadNick, BadRoom, EmptyText
 
 __all__ = [
     "MAX_NICK",
+    "MAX_REASON",
     "MAX_ROOM",
     "check_nick",
     "check_room",
+    "clean_reason",
     "clean_text",
     "fold_nick",
 ]
@@ -35,6 +39,10 @@ MAX_NICK = 32
 
 MAX_ROOM = 32
 """Longest room name, in characters (ASCII)."""
+
+MAX_REASON = 200
+"""Longest reason of a quit, kick, ban or mute once cleaned, in characters; longer ones
+are cut."""
 
 _FOLD_ROUNDS = 4
 """Folding normally settles in one or two rounds; this bounds it whatever the data."""
@@ -167,6 +175,21 @@ _BIDI = frozenset(
 _ZWJ = "\u200d"
 _DROP_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _INVISIBLE_CATEGORIES = frozenset({"Mn", "Me", "Cf"})
+_MARK_CATEGORIES = frozenset({"Mn", "Me"})
+
+# What shows as blank space once control characters are gone: TAB, the Unicode space
+# separators (category Zs: U+0020, U+00A0, U+1680, U+2000-U+200A, U+202F,
+# U+205F, U+3000) and the letters and symbols drawn as nothing that still take room (the
+# Hangul fillers, the braille blank U+2800).
+_OTHER_BLANKS = (
+    "\t\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u202f\u205f\u3000\u115f\u1160\u3164\uffa0\u2800"
+)
+_BLANKS = frozenset(" " + _OTHER_BLANKS)
+_ASCII_BLANK_RUN = re.compile(r"[ \t]+")
+# Non-ASCII text needs the slow pass only when it has a blank other than a lone space, or a
+# space followed by a space or by a non-ASCII character (which may be a combining mark).
+_BLANK_WORK = re.compile(f"[{_OTHER_BLANKS}]| [ \u0080-\U0010ffff]")
 
 
 def _keep(ch: str) -> bool:
@@ -181,14 +204,46 @@ def _visible(ch: str) -> bool:
     return not ch.isspace() and unicodedata.category(ch) not in _INVISIBLE_CATEGORIES
 
 
+def _collapse_blanks(text: str) -> str:
+    """Every run of blank characters becomes one ``" "``.
+
+    Zero-width characters (combining marks, the zero-width joiner) that follow a blank
+    belong to its run: they would otherwise let runs of spaces be chained together
+    invisibly (``" \\u200d \\u200d ..."``), and on a space they only draw a stray mark."""
+    if text.isascii():
+        if "  " in text or "\t" in text:
+            return _ASCII_BLANK_RUN.sub(" ", text)
+        return text
+    if _BLANK_WORK.search(text) is None:
+        return text
+    out: list[str] = []
+    in_run = False
+    for ch in text:
+        if ch in _BLANKS:
+            if not in_run:
+                out.append(" ")
+                in_run = True
+        elif in_run and (ch == _ZWJ or unicodedata.category(ch) in _MARK_CATEGORIES):
+            continue
+        else:
+            in_run = False
+            out.append(ch)
+    return "".join(out)
+
+
 def clean_text(raw: str) -> str:
-    """Return ``raw`` with everything that could drive a terminal removed.
+    """Return ``raw`` with everything that could drive or fool a terminal removed.
 
     Removed: ANSI escape sequences (CSI, OSC and other ``ESC`` sequences, whole), every
     control character except TAB (C0, DEL and C1, ``\\r`` and ``\\n`` included), bidi
     controls, line/paragraph separators, lone surrogates and invisible format characters
-    other than the zero-width joiner (emoji sequences need it).  The result is stripped of
-    surrounding whitespace.
+    other than the zero-width joiner (emoji sequences need it).  Then every run of blank
+    space — spaces, TABs, the other Unicode spaces (U+00A0, U+2000-U+200A, U+3000, ...),
+    the Hangul fillers and the braille blank, with any zero-width character inside or
+    right after it — becomes one ordinary space, so a message cannot push text to the
+    start of the next terminal row with a wall of blanks; and surrounding space is
+    stripped.  The result never holds two blanks in a row, and cleaning it again changes
+    nothing.
 
     Raises:
         EmptyText: nothing visible remains.
@@ -198,7 +253,18 @@ def clean_text(raw: str) -> str:
     else:
         text = _ESCAPE_RE.sub("", raw)
         text = "".join(ch for ch in text if _keep(ch))
-    text = text.strip()
+    text = _collapse_blanks(text).strip()
     if not any(_visible(ch) for ch in text):
         raise EmptyText()
     return text
+
+
+def clean_reason(raw: str | None) -> str | None:
+    """The reason of a quit, kick, ban or mute as relayed: :func:`clean_text`, cut to
+    :data:`MAX_REASON` characters; None when none was given or nothing visible is left."""
+    if not raw:
+        return None
+    try:
+        return clean_text(clean_text(raw)[:MAX_REASON])  # again: the cut may end in a blank
+    except EmptyText:
+        return None

@@ -78,7 +78,7 @@ from .model import (
     Who,
     WhoReply,
 )
-from .names import check_nick, check_room, clean_text, fold_nick
+from .names import check_nick, check_room, clean_reason, clean_text, fold_nick
 from .outbox import SendQueue
 from .protocol import ServerConnection
 from .redis_errors import describe
@@ -528,7 +528,7 @@ class Session(asyncio.Protocol):
         """Carry out one command; False when it ends the session."""
         if isinstance(cmd, Quit):
             self.said_quit = True
-            self.quit_reason = clean_quit_reason(cmd.reason)
+            self.quit_reason = clean_reason(cmd.reason)
             self.close_reason = self.quit_reason or "quit"
             self.send(Bye("goodbye"))
             return False
@@ -672,12 +672,3 @@ class Session(asyncio.Protocol):
         if self.conn.codec.echo_own:
             self.send(Private(pm.sender, pm.to, pm.text, pm.id, pm.ts))
         self.send(Ack(ref, pm.id))
-
-
-def clean_quit_reason(reason: str | None) -> str | None:
-    if not reason:
-        return None
-    try:
-        return clean_text(reason)[:200]
-    except HubbubError:
-        return None
