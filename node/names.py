@@ -8,6 +8,8 @@ Pure functions, no I/O.  The session calls them on whatever a codec parsed:
   that merely look alike: ``evan`` and ``evan`` with a Cyrillic U+0435 for the ``e``).
 * :func:`check_room` turns ``#Lobby`` into ``lobby`` or refuses it.  Room names are plain
   ASCII so they can be used verbatim in Redis keys and channel names.
+* :func:`check_message_id` checks a room message id a client sent (``after`` of
+  ``history``) against what Redis accepts.
 * :func:`clean_text` removes everything that could drive another user's terminal (escape
   sequences, control characters, bidi overrides) and collapses every run of blank space to
   one space before a message is relayed; :func:`clean_reason` does the same for the
@@ -21,12 +23,14 @@ import unicodedata
 
 from disarm import skeleton_key
 
-from node.errors import BadNick, BadRoom, EmptyText
+from node.errors import BadArguments, BadNick, BadRoom, EmptyText
 
 __all__ = [
+    "ID_PART_MAX",
     "MAX_NICK",
     "MAX_REASON",
     "MAX_ROOM",
+    "check_message_id",
     "check_nick",
     "check_room",
     "clean_reason",
@@ -153,6 +157,27 @@ def check_room(raw: str) -> str:
     if _ROOM_RE.fullmatch(name) is None:
         raise BadRoom()
     return name
+
+
+# --------------------------------------------------------------------------- message ids
+
+ID_PART_MAX = 2**64 - 1
+"""Redis stream ids are two unsigned 64-bit numbers; Redis refuses anything larger."""
+_MESSAGE_ID_RE = re.compile(r"([0-9]{1,20})-([0-9]{1,20})", re.ASCII)
+
+
+def check_message_id(raw: str, field: str = "after") -> str:
+    """Return the room message id ``raw`` (``MILLISECONDS-SEQUENCE``) in canonical form
+    (no leading zeros): two decimal numbers from 0 to 18446744073709551615.
+
+    Raises:
+        BadArguments: ``raw`` is not such an id (the text names ``field``).
+    """
+    match = _MESSAGE_ID_RE.fullmatch(raw)
+    if match is None or int(match[1]) > ID_PART_MAX or int(match[2]) > ID_PART_MAX:
+        raise BadArguments(f"{field!r} must be a message id like 1700000000000-0: two "
+                           f"numbers from 0 to {ID_PART_MAX} joined by '-'")
+    return f"{int(match[1])}-{int(match[2])}"
 
 
 # --------------------------------------------------------------------------- text

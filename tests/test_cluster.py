@@ -286,6 +286,11 @@ async def test_history_after_an_id_returns_what_came_later(
             "n2", "n3"]
         await c.op("history", after="not-an-id", ref="h3")
         assert (await c.event("error", ref="h3"))["code"] == "bad-args"
+        # each part of an id is an unsigned 64-bit number: beyond is the client's mistake
+        await c.op("history", after="99999999999999999999-0", ref="h4")
+        assert (await c.event("error", ref="h4"))["code"] == "bad-args"
+        await c.op("history", after="18446744073709551615-18446744073709551615", ref="h5")
+        assert (await c.event("history", ref="h5"))["messages"] == []
 
 
 async def test_a_subscription_gap_is_repaired_from_the_stream(

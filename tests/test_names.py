@@ -9,8 +9,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.errors import BadNick, BadRoom, EmptyText
-from node.names import MAX_REASON, check_nick, check_room, clean_reason, clean_text, fold_nick
+from node.errors import BadArguments, BadNick, BadRoom, EmptyText
+from node.names import (
+    ID_PART_MAX,
+    MAX_REASON,
+    check_message_id,
+    check_nick,
+    check_room,
+    clean_reason,
+    clean_text,
+    fold_nick,
+)
 
 BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
@@ -164,6 +173,43 @@ def test_check_room_only_raises_bad_room(raw: str) -> None:
         return
     assert room.isascii()
     assert check_room(room) == room
+
+
+# --------------------------------------------------------------------------- message ids
+
+
+def test_message_ids_within_redis_range() -> None:
+    assert check_message_id("1700000000000-3") == "1700000000000-3"
+    assert check_message_id("0-0") == "0-0"
+    assert check_message_id("007-01") == "7-1"
+    top = str(ID_PART_MAX)
+    assert check_message_id(f"{top}-{top}") == f"{top}-{top}"
+    for bad in ["99999999999999999999-0", f"0-{ID_PART_MAX + 1}", "1", "1-", "-1", "1-2-3",
+                "a-1", " 1-1", "1-1\n", "\u0661-1", "1" * 21 + "-0", "+1-0", ""]:
+        with pytest.raises(BadArguments) as info:
+            check_message_id(bad)
+        assert info.value.code == "bad-args" and "'after'" in info.value.text, bad
+
+
+@given(st.integers(0, 10**20 - 1), st.integers(0, 10**20 - 1))
+def test_a_message_id_is_accepted_exactly_when_redis_would(ms: int, seq: int) -> None:
+    raw = f"{ms}-{seq}"
+    if ms <= ID_PART_MAX and seq <= ID_PART_MAX:
+        assert check_message_id(raw) == raw
+    else:
+        with pytest.raises(BadArguments):
+            check_message_id(raw)
+
+
+@given(st.text(max_size=50))
+def test_any_text_is_an_id_or_bad_args(raw: str) -> None:
+    try:
+        canonical = check_message_id(raw)
+    except BadArguments:
+        return
+    ms, seq = canonical.split("-")
+    assert int(ms) <= ID_PART_MAX and int(seq) <= ID_PART_MAX
+    assert check_message_id(canonical) == canonical
 
 
 # --------------------------------------------------------------------------- text
