@@ -654,7 +654,7 @@ class Session(asyncio.Protocol):
             case Rooms():
                 self.send(RoomsReply(tuple(await node.relay.rooms()), cmd.ref))
             case History(room=raw, limit=limit, after=after):
-                room = check_room(raw) if raw is not None else self._in_room(None)
+                room = self._in_room(raw)  # members only, as /history of the current room
                 count = min(limit or node.config.history_default, node.config.history_limit)
                 if after is not None:
                     after = check_message_id(after)
