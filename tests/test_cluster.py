@@ -314,8 +314,9 @@ async def test_history_is_for_members_only(fake_server: fakeredis.FakeServer) ->
         await insider.op("say", room="secret", text="between us", ref="s")
         await insider.event("ack", ref="s")
         outsider = await json_user(port(a), "outsider")
-        for ref, fields in enumerate([{"room": "secret"},
-                                      {"room": "#Secret", "after": "0-0", "limit": 5}]):
+        asks: list[dict[str, Any]] = [{"room": "secret"},
+                                      {"room": "#Secret", "after": "0-0", "limit": 5}]
+        for ref, fields in enumerate(asks):
             await outsider.op("history", ref=ref, **fields)
             assert (await outsider.event("error", ref=ref))["code"] == "not-in-room"
         await outsider.op("join", room="secret", ref="j")
