@@ -30,6 +30,7 @@
     │   ├── Banned                   ``banned`` (a nickname or address ban)
     │   └── Muted                    ``muted``
     ├── RelayUnavailable             ``relay-unavailable`` (Redis cannot be reached)
+    │   └── RelayRefused             ``internal`` (Redis refused the command itself: logged)
     ├── RedisMisconfigured           Redis is set up so that names could be granted twice
     └── SessionClosed                the session is over (``reason`` says why)
         ├── SendQueueExceeded        ``send-queue-exceeded`` (a slow reader)
@@ -38,7 +39,12 @@
         └── TooManyConnections       ``too-many-connections`` (refused at connect)
 
 Errors raised by redis-py are translated into :class:`RelayUnavailable` at the relay
-boundary (``raise RelayUnavailable(...) from exc``); nothing above the relay sees them.
+boundary (``raise RelayUnavailable(...) from exc``, :mod:`node.redis_errors`); nothing above
+the relay sees them.  A command Redis answered with a refusal of the command itself (its
+arguments, a key of the wrong type, a script's error) rather than of its own state is
+:class:`RelayRefused`: still "the relay did not do it" to the code that handles relay
+failures, but a distinct code for the client (``internal``: retrying will not help) and a
+warning in the log.
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ __all__ = [
     "ProtocolError",
     "RateLimited",
     "RedisMisconfigured",
+    "RelayRefused",
     "RelayUnavailable",
     "SendQueueExceeded",
     "SessionClosed",
@@ -241,6 +248,16 @@ class Muted(CommandError):
 class RelayUnavailable(HubbubError):
     code = "relay-unavailable"
     default_text = "the cluster relay (Redis) is unavailable; try again shortly"
+
+
+class RelayRefused(RelayUnavailable):
+    """Redis answered, and refused the command for what it was (not for being down, busy,
+    loading, read-only or out of memory): a fault of this node or of the data in Redis,
+    logged with the command.  Sending the same command again will not help."""
+
+    code = "internal"
+    default_text = ("the cluster relay (Redis) refused that command; the fault is logged on "
+                    "the node, and trying again will not help")
 
 
 class RedisMisconfigured(HubbubError):

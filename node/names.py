@@ -8,8 +8,12 @@ Pure functions, no I/O.  The session calls them on whatever a codec parsed:
   that merely look alike: ``evan`` and ``evan`` with a Cyrillic U+0435 for the ``e``).
 * :func:`check_room` turns ``#Lobby`` into ``lobby`` or refuses it.  Room names are plain
   ASCII so they can be used verbatim in Redis keys and channel names.
+* :func:`check_message_id` checks a room message id a client sent (``after`` of
+  ``history``) against what Redis accepts.
 * :func:`clean_text` removes everything that could drive another user's terminal (escape
-  sequences, control characters, bidi overrides) before a message is relayed.
+  sequences, control characters, bidi overrides) and collapses every run of blank space to
+  one space before a message is relayed; :func:`clean_reason` does the same for the
+  optional reason of a quit, kick, ban or mute, and shortens it.
 * :func:`check_token` refuses a resume token that is not of the shape the cluster hands
   out, before it reaches Redis.
 """
@@ -24,11 +28,15 @@ from disarm import skeleton_key
 from node.errors import BadArguments, BadNick, BadRoom, EmptyText
 
 __all__ = [
+    "ID_PART_MAX",
     "MAX_NICK",
+    "MAX_REASON",
     "MAX_ROOM",
+    "check_message_id",
     "check_nick",
     "check_room",
     "check_token",
+    "clean_reason",
     "clean_text",
     "fold_nick",
 ]
@@ -38,6 +46,10 @@ MAX_NICK = 32
 
 MAX_ROOM = 32
 """Longest room name, in characters (ASCII)."""
+
+MAX_REASON = 200
+"""Longest reason of a quit, kick, ban or mute once cleaned, in characters; longer ones
+are cut."""
 
 _FOLD_ROUNDS = 4
 """Folding normally settles in one or two rounds; this bounds it whatever the data."""
@@ -169,6 +181,27 @@ def check_token(raw: str) -> str:
     return raw
 
 
+# --------------------------------------------------------------------------- message ids
+
+ID_PART_MAX = 2**64 - 1
+"""Redis stream ids are two unsigned 64-bit numbers; Redis refuses anything larger."""
+_MESSAGE_ID_RE = re.compile(r"([0-9]{1,20})-([0-9]{1,20})", re.ASCII)
+
+
+def check_message_id(raw: str, field: str = "after") -> str:
+    """Return the room message id ``raw`` (``MILLISECONDS-SEQUENCE``) in canonical form
+    (no leading zeros): two decimal numbers from 0 to 18446744073709551615.
+
+    Raises:
+        BadArguments: ``raw`` is not such an id (the text names ``field``).
+    """
+    match = _MESSAGE_ID_RE.fullmatch(raw)
+    if match is None or int(match[1]) > ID_PART_MAX or int(match[2]) > ID_PART_MAX:
+        raise BadArguments(f"{field!r} must be a message id like 1700000000000-0: two "
+                           f"numbers from 0 to {ID_PART_MAX} joined by '-'")
+    return f"{int(match[1])}-{int(match[2])}"
+
+
 # --------------------------------------------------------------------------- text
 
 # Escape sequences are removed whole, so that no parameter bytes survive as text.  The
@@ -189,6 +222,21 @@ _BIDI = frozenset(
 _ZWJ = "\u200d"
 _DROP_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _INVISIBLE_CATEGORIES = frozenset({"Mn", "Me", "Cf"})
+_MARK_CATEGORIES = frozenset({"Mn", "Me"})
+
+# What shows as blank space once control characters are gone: TAB, the Unicode space
+# separators (category Zs: U+0020, U+00A0, U+1680, U+2000-U+200A, U+202F,
+# U+205F, U+3000) and the letters and symbols drawn as nothing that still take room (the
+# Hangul fillers, the braille blank U+2800).
+_OTHER_BLANKS = (
+    "\t\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u202f\u205f\u3000\u115f\u1160\u3164\uffa0\u2800"
+)
+_BLANKS = frozenset(" " + _OTHER_BLANKS)
+_ASCII_BLANK_RUN = re.compile(r"[ \t]+")
+# Non-ASCII text needs the slow pass only when it has a blank other than a lone space, or a
+# space followed by a space or by a non-ASCII character (which may be a combining mark).
+_BLANK_WORK = re.compile(f"[{_OTHER_BLANKS}]| [ \u0080-\U0010ffff]")
 
 
 def _keep(ch: str) -> bool:
@@ -203,14 +251,46 @@ def _visible(ch: str) -> bool:
     return not ch.isspace() and unicodedata.category(ch) not in _INVISIBLE_CATEGORIES
 
 
+def _collapse_blanks(text: str) -> str:
+    """Every run of blank characters becomes one ``" "``.
+
+    Zero-width characters (combining marks, the zero-width joiner) that follow a blank
+    belong to its run: they would otherwise let runs of spaces be chained together
+    invisibly (``" \\u200d \\u200d ..."``), and on a space they only draw a stray mark."""
+    if text.isascii():
+        if "  " in text or "\t" in text:
+            return _ASCII_BLANK_RUN.sub(" ", text)
+        return text
+    if _BLANK_WORK.search(text) is None:
+        return text
+    out: list[str] = []
+    in_run = False
+    for ch in text:
+        if ch in _BLANKS:
+            if not in_run:
+                out.append(" ")
+                in_run = True
+        elif in_run and (ch == _ZWJ or unicodedata.category(ch) in _MARK_CATEGORIES):
+            continue
+        else:
+            in_run = False
+            out.append(ch)
+    return "".join(out)
+
+
 def clean_text(raw: str) -> str:
-    """Return ``raw`` with everything that could drive a terminal removed.
+    """Return ``raw`` with everything that could drive or fool a terminal removed.
 
     Removed: ANSI escape sequences (CSI, OSC and other ``ESC`` sequences, whole), every
     control character except TAB (C0, DEL and C1, ``\\r`` and ``\\n`` included), bidi
     controls, line/paragraph separators, lone surrogates and invisible format characters
-    other than the zero-width joiner (emoji sequences need it).  The result is stripped of
-    surrounding whitespace.
+    other than the zero-width joiner (emoji sequences need it).  Then every run of blank
+    space — spaces, TABs, the other Unicode spaces (U+00A0, U+2000-U+200A, U+3000, ...),
+    the Hangul fillers and the braille blank, with any zero-width character inside or
+    right after it — becomes one ordinary space, so a message cannot push text to the
+    start of the next terminal row with a wall of blanks; and surrounding space is
+    stripped.  The result never holds two blanks in a row, and cleaning it again changes
+    nothing.
 
     Raises:
         EmptyText: nothing visible remains.
@@ -220,7 +300,18 @@ def clean_text(raw: str) -> str:
     else:
         text = _ESCAPE_RE.sub("", raw)
         text = "".join(ch for ch in text if _keep(ch))
-    text = text.strip()
+    text = _collapse_blanks(text).strip()
     if not any(_visible(ch) for ch in text):
         raise EmptyText()
     return text
+
+
+def clean_reason(raw: str | None) -> str | None:
+    """The reason of a quit, kick, ban or mute as relayed: :func:`clean_text`, cut to
+    :data:`MAX_REASON` characters; None when none was given or nothing visible is left."""
+    if not raw:
+        return None
+    try:
+        return clean_text(clean_text(raw)[:MAX_REASON])  # again: the cut may end in a blank
+    except EmptyText:
+        return None

@@ -30,16 +30,16 @@ from typing import Any
 import structlog
 from prometheus_client import Histogram
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from . import envelope as env
 from . import scripts
 from .backoff import backoff
 from .config import NodeConfig
-from .errors import RelayUnavailable
+from .errors import RelayRefused, RelayUnavailable
 from .keys import Keys
 from .pause import pause
-from .redis_errors import transient, translated
+from .redis_errors import transient, translated, unavailable
 
 __all__ = ["CLOCK_WARN", "PublishStats", "Published", "Publisher"]
 
@@ -312,9 +312,13 @@ class Publisher:
         elapsed = time.perf_counter() - started
         out: list[str | RelayUnavailable] = []
         for result in results:
-            if isinstance(result, Exception):
-                error = RelayUnavailable("the cluster relay (Redis) refused the message; "
-                                         "try again shortly")
+            if isinstance(result, RedisError):  # Redis down for it, or refused it (logged)
+                error = unavailable(result, "publish")
+                error.__cause__ = result
+                out.append(error)
+            elif isinstance(result, Exception):  # our bug, logged above
+                error = RelayRefused("the node could not publish your message; the fault is "
+                                     "logged on the node")
                 error.__cause__ = result
                 out.append(error)
             elif result is None:  # Redis got to it past its deadline: published nothing

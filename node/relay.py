@@ -48,6 +48,7 @@ from .backoff import backoff
 from .config import NodeConfig
 from .errors import NoSuchNick, RedisMisconfigured, RelayUnavailable
 from .keys import Keys
+from .names import ID_PART_MAX
 from .pause import cancel_pending, pause
 from .publisher import Published, Publisher
 from .redis_errors import describe, transient, translated
@@ -58,6 +59,8 @@ __all__ = ["BusSink", "ClaimResult", "NameInfo", "Published", "Relay", "RelaySta
 log = structlog.get_logger("hubbub.relay")
 
 _RENEW_CHUNK = 500
+_LAST_ID = f"{ID_PART_MAX}-{ID_PART_MAX}"
+"""The largest stream id there can be."""
 _REAP_CHUNK = 200
 
 
@@ -494,9 +497,12 @@ class Relay:
 
     async def history(self, room: str, limit: int, after: str | None = None
                       ) -> list[env.RoomMsg]:
-        """The last ``limit`` messages, or the first ``limit`` with an id above ``after``.
-        Notices (joins, parts, quits, renames) share the stream and are skipped: the stream
-        is read a page at a time until ``limit`` messages are found or it ends."""
+        """The last ``limit`` messages, or the first ``limit`` with an id above ``after``
+        (a valid stream id, see :func:`~node.names.check_message_id`).  Notices (joins,
+        parts, quits, renames) share the stream and are skipped: the stream is read a page
+        at a time until ``limit`` messages are found or it ends."""
+        if after == _LAST_ID:
+            return []  # nothing can come after it, and Redis refuses the range "(" + it
         key = self.keys.history(room)
         out: list[env.RoomMsg] = []
         page = max(limit, 50)

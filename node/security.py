@@ -63,7 +63,6 @@ from .errors import (
     AuthThrottled,
     BadArguments,
     Banned,
-    HubbubError,
     LoginRequired,
     Muted,
     NickTaken,
@@ -98,7 +97,7 @@ from .model import (
     Unban,
     Unmute,
 )
-from .names import check_nick, clean_text, fold_nick
+from .names import check_nick, clean_reason, fold_nick
 from .redis_errors import translated
 
 if TYPE_CHECKING:
@@ -447,15 +446,6 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _reason(raw: str | None) -> str | None:
-    if not raw:
-        return None
-    try:
-        return clean_text(raw)[:200]
-    except HubbubError:  # nothing visible left: no reason, not an error
-        return None
-
-
 # --------------------------------------------------------------------------- the facade
 
 
@@ -736,7 +726,7 @@ class Security:
         match cmd:
             case Kick(nick=raw, reason=raw_reason):
                 nick = check_nick(raw)
-                reason = _reason(raw_reason)
+                reason = clean_reason(raw_reason)
                 sent = await self._tell_holder(
                     fold_nick(nick), env.Sanction("kick", fold_nick(nick), "", s.nick, reason))
                 if not sent:
@@ -746,7 +736,7 @@ class Security:
             case Ban(target=raw, duration=duration, reason=raw_reason):
                 kind, target, shown = self._target(raw)
                 seconds = float(duration or cfg.ban_duration)
-                reason = _reason(raw_reason)
+                reason = clean_reason(raw_reason)
                 await self.sanctions.put(kind, target, shown, s.nick, reason, seconds)
                 sanction = env.Sanction("ban", target if kind == "nick-ban" else "",
                                         target if kind == "ip-ban" else "", s.nick, reason,
@@ -766,7 +756,7 @@ class Security:
                 nick = check_nick(raw)
                 folded = fold_nick(nick)
                 seconds = float(duration or cfg.mute_duration)
-                reason = _reason(raw_reason)
+                reason = clean_reason(raw_reason)
                 await self.sanctions.put("mute", folded, nick, s.nick, reason, seconds)
                 await self._tell_holder(folded, env.Sanction("mute", folded, "", s.nick,
                                                              reason, seconds))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import re
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
@@ -78,7 +77,15 @@ from .model import (
     Who,
     WhoReply,
 )
-from .names import check_nick, check_room, check_token, clean_text, fold_nick
+from .names import (
+    check_message_id,
+    check_nick,
+    check_room,
+    check_token,
+    clean_reason,
+    clean_text,
+    fold_nick,
+)
 from .outbox import SendQueue
 from .protocol import ServerConnection
 from .redis_errors import describe
@@ -128,7 +135,6 @@ _FLUSH_AT = 16 * 1024
 (a burst of events in one iteration must not count against a healthy client's bounds)."""
 _READ_AHEAD = 64 * 1024
 """Received bytes not yet handled at which the session stops reading its socket."""
-_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}", re.ASCII)
 
 
 class _Said:
@@ -528,7 +534,7 @@ class Session(asyncio.Protocol):
         """Carry out one command; False when it ends the session."""
         if isinstance(cmd, Quit):
             self.said_quit = True
-            self.quit_reason = clean_quit_reason(cmd.reason)
+            self.quit_reason = clean_reason(cmd.reason)
             self.close_reason = self.quit_reason or "quit"
             self.send(Bye("goodbye"))
             return False
@@ -671,10 +677,10 @@ class Session(asyncio.Protocol):
             case Rooms():
                 self.send(RoomsReply(tuple(await node.relay.rooms()), cmd.ref))
             case History(room=raw, limit=limit, after=after):
-                room = check_room(raw) if raw is not None else self._in_room(None)
+                room = self._in_room(raw)  # members only, as /history of the current room
                 count = min(limit or node.config.history_default, node.config.history_limit)
-                if after is not None and not _STREAM_ID.fullmatch(after):
-                    raise BadArguments("'after' must be a message id like 1700000000000-0")
+                if after is not None:
+                    after = check_message_id(after)
                 msgs = await node.relay.history(room, count, after)
                 self.send(HistoryReply(room, tuple(
                     Message(m.room, m.sender, m.text, m.id, m.ts, m.action) for m in msgs),
@@ -687,12 +693,3 @@ class Session(asyncio.Protocol):
         if self.conn.codec.echo_own:
             self.send(Private(pm.sender, pm.to, pm.text, pm.id, pm.ts))
         self.send(Ack(ref, pm.id))
-
-
-def clean_quit_reason(reason: str | None) -> str | None:
-    if not reason:
-        return None
-    try:
-        return clean_text(reason)[:200]
-    except HubbubError:
-        return None

@@ -116,6 +116,66 @@ def test_pending_messages_resent_only_if_the_catch_up_does_not_show_them() -> No
     assert not s.pending
 
 
+def caught_up(state: ClientState) -> None:
+    """Welcomed, with the lobby's first catch-up answered (empty)."""
+    hist, _ = welcomed(state)
+    state.handle(history_reply(hist, []))
+
+
+def ack(op: dict[str, Any], id_: str) -> dict[str, Any]:
+    return {"ev": "ack", "ref": op["ref"], "id": id_}
+
+
+@pytest.mark.parametrize("echo_first", [True, False])
+def test_ack_and_echo_in_either_order_settle_a_message(echo_first: bool) -> None:
+    s = ClientState([A], "me")
+    caught_up(s)
+    (say,) = s.command("hello")[1]
+    echo, acked = msg("lobby", "me", "hello", "5-0"), ack(say, "5-0")
+    for ev in ([echo, acked] if echo_first else [acked, echo]):
+        s.handle(ev)
+    assert not s.pending
+    assert not s._echoed and not s._acked  # nothing left waiting for its other half
+
+
+def test_an_echo_whose_ack_was_lost_is_not_said_again_after_a_failover() -> None:
+    """The echo came, the node died before the ack: the message got through, and the
+    catch-up (after the echo's id) cannot show it again — the echo alone must tell."""
+    s = ClientState([A, B], "me")
+    caught_up(s)
+    (say,) = s.command("made it")[1]
+    s.command("lost")
+    s.handle(msg("lobby", "me", "made it", "5-0"))
+    s.disconnected()
+    ops = welcomed(s, resumed=True)
+    assert ops[0]["after"] == "5-0"
+    _, resend = s.handle(history_reply(ops[0], []))
+    assert [o["text"] for o in resend] == ["lost"]
+    assert say["ref"] not in s.pending and len(s.pending) == 1
+
+
+def test_the_echo_of_an_acked_message_is_not_taken_for_a_pending_one() -> None:
+    s = ClientState([A, B], "me")
+    caught_up(s)
+    (first,) = s.command("same words")[1]
+    s.handle(ack(first, "5-0"))  # acked; its echo has not come yet
+    s.command("same words")  # said again, then the node dies
+    s.disconnected()
+    ops = welcomed(s, resumed=True)
+    _, resend = s.handle(history_reply(ops[0], [msg("lobby", "me", "same words", "5-0")]))
+    assert [o["text"] for o in resend] == ["same words"]  # the second one, said again
+
+
+def test_pending_text_is_compared_as_the_node_relays_it() -> None:
+    s = ClientState([A, B], "me")
+    caught_up(s)
+    s.command("  spaced    out\tline ")
+    s.disconnected()
+    ops = welcomed(s, resumed=True)
+    _, resend = s.handle(history_reply(ops[0], [msg("lobby", "me", "spaced out line", "5-0")]))
+    assert resend == [] and not s.pending
+
+
 def test_a_fresh_join_does_not_mistake_old_lines_for_delivery() -> None:
     s = ClientState([A], "bot")
     s.command("deploy done")  # said before the first welcome (scripts do this)

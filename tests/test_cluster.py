@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -249,16 +250,26 @@ async def test_resume_token_takes_the_name_over_on_another_node(
         watcher = await json_user(port(b), "watcher")
         await watcher.op("join", room="dev", ref=2)
         await watcher.event("ack", ref=2)
+        await old.op("say", room="dev", text="seen", ref="s1")
+        seen = (await old.event("ack", ref="s1"))["id"]
+        await watcher.op("say", room="dev", text="missed", ref="s2")
+        missed = (await watcher.event("ack", ref="s2"))["id"]
 
         new = await JsonClient.connect(port(b))
         await new.op("hello", nick="xena", token="a/forged", rooms=["lobby", "dev"])
         assert (await new.event("error"))["code"] == "bad-args"  # not a token's shape
         await new.op("hello", nick="xena", token="n1/" + "0" * 32, rooms=["lobby", "dev"])
         assert (await new.event("error"))["code"] == "nick-taken"  # not the holder's
-        await new.op("hello", nick="xena", token=token, rooms=["lobby", "dev"])
+        # the resume and the catch-up of a room it rejoins, in one packet: the history is
+        # answered once the rejoin is done (members only), never not-in-room
+        await new.send(json.dumps({"op": "hello", "nick": "xena", "token": token,
+                                   "rooms": ["lobby", "dev"]}) + "\n"
+                       + json.dumps({"op": "history", "room": "dev", "after": seen,
+                                     "ref": "c"}))
         welcome = await new.event("welcome")
         assert welcome["resumed"] is True and welcome["token"] != token
         assert welcome["rooms"] == ["lobby", "dev"]
+        assert [m["id"] for m in (await new.event("history", ref="c"))["messages"]] == [missed]
         # the old session learns at its node's next renewal that the name moved on
         assert (await old.event("error"))["code"] == "nick-lost"
         await old.closed()
@@ -288,6 +299,38 @@ async def test_history_after_an_id_returns_what_came_later(
             "n2", "n3"]
         await c.op("history", after="not-an-id", ref="h3")
         assert (await c.event("error", ref="h3"))["code"] == "bad-args"
+        # each part of an id is an unsigned 64-bit number: beyond is the client's mistake
+        await c.op("history", after="99999999999999999999-0", ref="h4")
+        assert (await c.event("error", ref="h4"))["code"] == "bad-args"
+        await c.op("history", after="18446744073709551615-18446744073709551615", ref="h5")
+        assert (await c.event("history", ref="h5"))["messages"] == []
+
+
+async def test_history_is_for_members_only(fake_server: fakeredis.FakeServer) -> None:
+    """JSON history of a room needs being in it, as text mode's /history (current room)
+    does: nobody reads a room unseen by its /who."""
+    async with running_node(fake_server) as a:
+        insider = await json_user(port(a), "insider")
+        await insider.op("join", room="secret", ref="j")
+        await insider.event("ack", ref="j")
+        await insider.op("say", room="secret", text="between us", ref="s")
+        await insider.event("ack", ref="s")
+        outsider = await json_user(port(a), "outsider")
+        asks: list[dict[str, Any]] = [{"room": "secret"},
+                                      {"room": "#Secret", "after": "0-0", "limit": 5}]
+        for ref, fields in enumerate(asks):
+            await outsider.op("history", ref=ref, **fields)
+            assert (await outsider.event("error", ref=ref))["code"] == "not-in-room"
+        await outsider.op("join", room="secret", ref="j")
+        await outsider.event("ack", ref="j")
+        await outsider.op("history", room="secret", ref="h")
+        assert [m["text"] for m in (await outsider.event("history", ref="h"))["messages"]] == [
+            "between us"]
+        await outsider.op("part", room="secret", ref="p")
+        await outsider.event("ack", ref="p")
+        await outsider.op("history", room="secret", ref="h2")
+        assert (await outsider.event("error", ref="h2"))["code"] == "not-in-room"
+        assert "between us" not in "".join(outsider.seen[-2:])
 
 
 async def test_a_subscription_gap_is_repaired_from_the_stream(

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
 import unicodedata
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.errors import BadNick, BadRoom, EmptyText
-from node.names import check_nick, check_room, clean_text, fold_nick
+from node.errors import BadArguments, BadNick, BadRoom, EmptyText
+from node.names import (
+    ID_PART_MAX,
+    MAX_REASON,
+    check_message_id,
+    check_nick,
+    check_room,
+    clean_reason,
+    clean_text,
+    fold_nick,
+)
 
 BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
@@ -165,6 +175,43 @@ def test_check_room_only_raises_bad_room(raw: str) -> None:
     assert check_room(room) == room
 
 
+# --------------------------------------------------------------------------- message ids
+
+
+def test_message_ids_within_redis_range() -> None:
+    assert check_message_id("1700000000000-3") == "1700000000000-3"
+    assert check_message_id("0-0") == "0-0"
+    assert check_message_id("007-01") == "7-1"
+    top = str(ID_PART_MAX)
+    assert check_message_id(f"{top}-{top}") == f"{top}-{top}"
+    for bad in ["99999999999999999999-0", f"0-{ID_PART_MAX + 1}", "1", "1-", "-1", "1-2-3",
+                "a-1", " 1-1", "1-1\n", "\u0661-1", "1" * 21 + "-0", "+1-0", ""]:
+        with pytest.raises(BadArguments) as info:
+            check_message_id(bad)
+        assert info.value.code == "bad-args" and "'after'" in info.value.text, bad
+
+
+@given(st.integers(0, 10**20 - 1), st.integers(0, 10**20 - 1))
+def test_a_message_id_is_accepted_exactly_when_redis_would(ms: int, seq: int) -> None:
+    raw = f"{ms}-{seq}"
+    if ms <= ID_PART_MAX and seq <= ID_PART_MAX:
+        assert check_message_id(raw) == raw
+    else:
+        with pytest.raises(BadArguments):
+            check_message_id(raw)
+
+
+@given(st.text(max_size=50))
+def test_any_text_is_an_id_or_bad_args(raw: str) -> None:
+    try:
+        canonical = check_message_id(raw)
+    except BadArguments:
+        return
+    ms, seq = canonical.split("-")
+    assert int(ms) <= ID_PART_MAX and int(seq) <= ID_PART_MAX
+    assert check_message_id(canonical) == canonical
+
+
 # --------------------------------------------------------------------------- text
 
 
@@ -222,8 +269,49 @@ def test_invisible_format_characters_removed() -> None:
     assert clean_text("a\u200bb\ufeffc\u2060d\u00ade") == "abcde"
 
 
-def test_tab_kept() -> None:
-    assert clean_text("a\tb") == "a\tb"
+def test_every_run_of_blanks_becomes_one_space() -> None:
+    assert clean_text("a\tb") == "a b"
+    assert clean_text("a  \t  b\t\tc") == "a b c"
+    assert clean_text("a\u3000\u3000b\u00a0c\u2000\u200a\u202fd") == "a b c d"
+    # drawn as nothing but taking room: the Hangul fillers and the braille blank
+    assert clean_text("a\u3164\u3164b\u2800\u2800\u2800c\uffa0d\u115f\u1160e") == "a b c d e"
+    # zero-width characters do not split a run (they would chain runs invisibly)
+    assert clean_text("a" + " \u200d" * 100 + "b") == "a b"
+    assert clean_text("a \u0301\u0301 \ufe0f b") == "a b"
+    # ... but stay where they belong to the character before the blank
+    assert clean_text("\u2764\ufe0f  \U0001f468\u200d\U0001f469 \u00e9\u0301") == (
+        "\u2764\ufe0f \U0001f468\u200d\U0001f469 \u00e9\u0301")
+    # blanks left next to each other once control characters are gone are one run too
+    assert clean_text("a \x00\x1b[0m \u202e b") == "a b"
+
+
+def test_a_wall_of_spaces_cannot_fake_a_line_of_its_own() -> None:
+    assert clean_text("x" + " " * 200 + "* bob quit") == "x * bob quit"
+    assert clean_text("x" + "\t" * 40 + "* bob quit") == "x * bob quit"
+    assert clean_text("x" + "\u3000" * 100 + "* bob quit") == "x * bob quit"
+
+
+def test_every_unicode_space_separator_is_a_blank() -> None:
+    for cp in range(0x110000):
+        ch = chr(cp)
+        if unicodedata.category(ch) == "Zs":
+            assert clean_text(f"a{ch}{ch}b") == "a b", hex(cp)
+
+
+def test_only_blanks_is_empty_text() -> None:
+    for raw in ("\u3164", "\u2800\u2800", "\u3000 \u00a0", " \u200d "):
+        with pytest.raises(EmptyText):
+            clean_text(raw)
+
+
+def test_reasons_are_cleaned_and_cut() -> None:
+    assert clean_reason(None) is None
+    assert clean_reason("") is None
+    assert clean_reason(" \x1b[0m ") is None
+    assert clean_reason("  spaced   out\t") == "spaced out"
+    cut = clean_reason("x" * (MAX_REASON - 1) + "   y")
+    assert cut == "x" * (MAX_REASON - 1)  # never ends in a blank once cut
+    assert len(clean_reason("y" * 1000) or "") == MAX_REASON
 
 
 def test_zwj_emoji_kept() -> None:
@@ -268,6 +356,27 @@ def test_clean_text_output_is_safe(raw: str) -> None:
         assert ch not in BIDI
         assert ch not in "\u2028\u2029"
     assert text == text.strip()
+    assert clean_text(text) == text
+
+
+_BLANKISH = ["\t", " ", "\u00a0", "\u1680", "\u2000", "\u2007", "\u200a", "\u202f",
+             "\u205f", "\u3000", "\u3164", "\u115f", "\u2800", "\u200d", "\u0301",
+             "\ufe0f", "\u200b", "\r", "\n", "\x00"]
+_DRAWN_BLANK = "\u115f\u1160\u3164\uffa0\u2800"
+
+
+@given(st.text(alphabet=st.one_of(st.characters(), st.sampled_from(_BLANKISH)), max_size=80))
+def test_clean_text_never_leaves_two_blanks_in_a_row(raw: str) -> None:
+    try:
+        text = clean_text(raw)
+    except EmptyText:
+        return
+    for ch in text:
+        assert unicodedata.category(ch) not in ("Cc", "Zl", "Zp")
+        assert ch == " " or not (ch.isspace() or ch in _DRAWN_BLANK)  # one kind of blank
+    for a, b in itertools.pairwise(text):
+        assert not (a == " " == b), repr(text)
+        assert not (a == " " and (b == "\u200d" or unicodedata.category(b) in ("Mn", "Me")))
     assert clean_text(text) == text
 
 

@@ -17,10 +17,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from structlog.testing import capture_logs
 
 from node import envelope as env
 from node.config import NodeConfig
-from node.errors import NoSuchNick, RelayUnavailable
+from node.errors import NoSuchNick, RelayRefused, RelayUnavailable
 from node.relay import ClaimResult, NameInfo, Relay
 
 TIMEOUT = 5.0
@@ -1004,8 +1005,13 @@ async def test_a_message_redis_refuses_fails_alone(make_relay: Any, raw: Any,
     rounds = Rounds(relay, monkeypatch)
     await raw.set(relay.keys.history("broken"), "not a stream")  # XADD: WRONGTYPE
     msgs = [*says("ann", 2), *says("ann", 1, room="broken"), *says("bob", 2)]
-    results = await submit_all(relay, msgs)
+    with capture_logs() as logs:
+        results = await submit_all(relay, msgs)
     assert [isinstance(r, str) for r in results] == [True, True, False, True, True]
+    # Redis refused that command: not "relay-unavailable" (nothing is down), and logged
+    assert isinstance(results[2], RelayRefused) and results[2].code == "internal"
+    assert [(e["log_level"], e["command"]) for e in logs
+            if e["event"] == "redis refused a command"] == [("warning", "publish")]
     assert rounds.count == 1
     assert await stream_texts(raw, relay) == ["ann 0", "ann 1", "bob 0", "bob 1"]
 

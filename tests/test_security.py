@@ -306,7 +306,7 @@ async def test_kick_reaches_the_user_on_another_node_and_is_audited(
             op = await text_oper(port(a), "op")
             bob = await text_user(port(b), "bob")
             await op.expect("* bob joined lobby")
-            await op.send("/kick bob spamming the lobby")
+            await op.send("/kick bob spamming    the\t\tlobby")  # blanks: one space
             await op.expect("* kicked bob")
             assert await bob.expect("!") == "! kicked: you were kicked by op: spamming the lobby"
             await bob.expect("* bye: kicked by op")

@@ -12,7 +12,7 @@ import pytest
 
 from node.server import ChatNode
 
-from .helpers import TIMEOUT, JsonClient, LineClient, running_node, text_user
+from .helpers import TIMEOUT, JsonClient, LineClient, json_user, running_node, text_user
 
 
 def port(node: ChatNode) -> int:
@@ -100,6 +100,27 @@ async def test_escape_bidi_and_control_characters_are_stripped_before_relaying(
         assert await bob.expect("[lobby]") == "[lobby] * alice blinks"
 
 
+async def test_a_wall_of_blanks_reaches_nobody_as_such(fake_server: fakeredis.FakeServer
+                                                     ) -> None:
+    """``x`` + 200 spaces + ``* bob quit`` would wrap on an 80-column terminal into what
+    looks like a notice of its own: every run of blanks is relayed as one space, to text
+    and JSON members alike, in messages, actions and quit reasons."""
+    async with node_with_observer(fake_server) as (node, bob):
+        carol = await json_user(port(node), "carol")
+        alice = await alice_joins(node, bob)
+        await carol.event("join", nick="alice")
+        await alice.send("x" + " " * 200 + "* bob quit")
+        assert await bob.expect("[lobby]") == "[lobby] alice: x * bob quit"
+        assert (await carol.event("msg"))["text"] == "x * bob quit"
+        await alice.send("/me x" + "\t" * 30 + "\u3000" * 30 + "* bob quit")
+        assert await bob.expect("[lobby]") == "[lobby] * alice x * bob quit"
+        assert (await carol.event("msg"))["text"] == "x * bob quit"
+        await alice.send("/quit x" + " \u00a0" * 100 + "* bob quit")
+        assert await bob.expect("* alice quit") == "* alice quit (x * bob quit)"
+        assert (await carol.event("quit", nick="alice"))["reason"] == "x * bob quit"
+        assert not any("  " in line for line in bob.seen + carol.seen)
+
+
 async def test_only_control_characters_is_empty_text(fake_server: fakeredis.FakeServer) -> None:
     async with node_with_observer(fake_server) as (node, bob):
         alice = await alice_joins(node, bob)
@@ -156,7 +177,7 @@ async def test_commands_before_registration_in_json_mode(
 
 @pytest.mark.parametrize(("line", "shown"), [
     ("/quit bye now", "(bye now)"),
-    ("/QUIT   spaced  out  ", "(spaced  out)"),
+    ("/QUIT   spaced  out  ", "(spaced out)"),
     ("/exit", ""),
     ("/q", ""),
     ("/close", ""),

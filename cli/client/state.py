@@ -10,9 +10,13 @@ Theory of operation
   the last id it showed (or the recent history on a first join) and, until the answer is
   in, holds back live messages for that room; then it shows the history and the held-back
   messages merged in id order.  A full page asks for the next one.
-* Messages the user said that the cluster has not acknowledged stay ``pending``.  After a
-  failover the room's catch-up tells whether each got through (it shows up as the user's
-  own message); the others are sent again, so nothing is lost and nothing said twice.
+* Messages the user said that the cluster has not acknowledged stay ``pending``.  The
+  node's ``ack`` and the message's own echo (a ``msg`` from the user) arrive in either
+  order, both with the message id: an echo whose ack has not come is kept (``_echoed``)
+  until it does, an ack whose echo has not come is remembered (``_acked``) so that echo is
+  not taken for another message's.  After a failover a pending message got through if an
+  unexplained echo of the same room and text came, live before the failure or in the
+  room's catch-up; the others are sent again, so nothing is lost and nothing said twice.
 * Account and operator commands (``/register``, ``/password``, ``/login``, ``/oper``,
   ``/kick``, ``/ban``, ``/unban``, ``/mute``, ``/unmute``, ``/bans``) are parsed by the
   node's own text-mode parser and sent as the JSON op of the same name; a password the
@@ -27,8 +31,9 @@ import itertools
 from dataclasses import dataclass, fields
 from typing import Any
 
-from node.errors import ProtocolError
+from node.errors import EmptyText, ProtocolError
 from node.model import Login, Password, Register
+from node.names import clean_text
 from node.protocol import TEXT
 
 from .shown import Shown, safe
@@ -52,6 +57,8 @@ operators: /oper SECRET  /kick NICK [WHY]  /ban NICK|ADDRESS [DUR] [WHY]  /unban
 
 CATCHUP_PAGE = 200
 RECENT = 20
+ACKED_KEEP = 1000
+"""Ids acknowledged before their echo came that are remembered (the oldest are dropped)."""
 
 
 def id_key(msg_id: str) -> tuple[int, int]:
@@ -128,7 +135,9 @@ class ClientState:
         self._refs = itertools.count(1)
         self._catchup: dict[str, list[dict[str, Any]]] = {}
         self._catchup_refs: dict[str, str] = {}
-        self._seen_own: dict[str, list[str]] = {}
+        self._matching: set[str] = set()  # rooms whose catch-up may hold messages we said
+        self._echoed: dict[str, tuple[str, str, bool]] = {}  # id -> (room, text, action)
+        self._acked: dict[str, None] = {}  # ids acknowledged whose echo has not come (in order)
         self._asked: set[str] = set()
         self._synced: set[str] = set()
         self._passwords: dict[str, str] = {}  # ref -> a password the cluster may accept
@@ -171,11 +180,15 @@ class ClientState:
         self._asked.clear()
 
     def unsent(self) -> list[Op]:
-        """Say ops for pending messages of rooms not catching up (sent while offline)."""
+        """Say ops for pending messages of rooms not catching up (sent while offline);
+        one whose echo came already got through and is dropped instead."""
         ops = []
         for ref, p in list(self.pending.items()):
             if p.room not in self._catchup:
-                ops.append(self._say_op(ref, p))
+                if self._echo_of(p):
+                    del self.pending[ref]
+                else:
+                    ops.append(self._say_op(ref, p))
         return ops
 
     # ------------------------------------------------------------------ events
@@ -209,7 +222,9 @@ class ClientState:
         # a room caught up before is resumed from the last id shown ("0-0": it had none)
         after = after or self.last_id.get(room) or ("0-0" if room in self._synced else None)
         if after:  # resuming: own messages in the catch-up prove earlier sends got through
-            self._seen_own.setdefault(room, [])
+            self._matching.add(room)
+        else:  # a first look: our own lines in it are older than anything pending
+            self._matching.discard(room)
         op: Op = {"op": "history", "room": room, "ref": ref}
         if after:
             op.update(after=after, limit=CATCHUP_PAGE)
@@ -236,8 +251,8 @@ class ClientState:
                 continue  # seen already
             self.last_id[room] = msg_id
             own = self._is_me(ev.get("from"))
-            if own and room in self._seen_own:
-                self._seen_own[room].append(str(ev.get("text", "")))
+            if own and (not history or room in self._matching):
+                self._own_echo(room, msg_id, ev)
             out.append(Shown("action" if ev.get("action") else "msg", safe(str(ev.get("text"))),
                              room=room, nick=safe(str(ev.get("from"))), id=msg_id,
                              ts=float(ev.get("ts") or 0), own=own, history=history))
@@ -277,21 +292,46 @@ class ClientState:
 
     def _settle_pending(self, room: str) -> list[Op]:
         """After a catch-up: drop pending messages that got through, resend the others."""
-        seen = self._seen_own.pop(room, [])
+        self._matching.discard(room)
         ops = []
         for ref, p in list(self.pending.items()):
             if p.room != room:
                 continue
-            if p.text in seen:
-                seen.remove(p.text)
+            if self._echo_of(p):
                 del self.pending[ref]
             else:
                 ops.append(self._say_op(ref, p))
+        for msg_id in [i for i, (r, _, _) in self._echoed.items() if r == room]:
+            del self._echoed[msg_id]  # explained by nothing pending: nothing to keep it for
         return ops
+
+    def _own_echo(self, room: str, msg_id: str, ev: dict[str, Any]) -> None:
+        """A message of ours came back: its ack came first, or it is kept until it does
+        (or, after a failover, until it tells that a pending message got through)."""
+        if msg_id in self._acked:
+            del self._acked[msg_id]
+        else:
+            self._echoed[msg_id] = (room, str(ev.get("text", "")), bool(ev.get("action")))
+
+    def _echo_of(self, p: _Pending) -> bool:
+        """Whether an unexplained echo shows ``p`` got through (it is used up)."""
+        relayed = _as_relayed(p.text)
+        for msg_id, echo in self._echoed.items():
+            if echo == (p.room, relayed, p.action):
+                del self._echoed[msg_id]
+                return True
+        return False
 
     def _on_ack(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
         ref = str(ev.get("ref"))
-        self.pending.pop(ref, None)
+        msg_id = ev.get("id")
+        if self.pending.pop(ref, None) is not None and isinstance(msg_id, str):
+            if msg_id in self._echoed:  # its echo came first
+                del self._echoed[msg_id]
+            else:
+                self._acked[msg_id] = None
+                while len(self._acked) > ACKED_KEEP:
+                    del self._acked[next(iter(self._acked))]
         if ref in self._passwords:  # accepted: log in with it from now on
             self.password = self._passwords.pop(ref)
         return [], []
@@ -348,6 +388,7 @@ class ClientState:
             self.members.pop(room, None)
             self.last_id.pop(room, None)
             self._synced.discard(room)
+            self._matching.discard(room)
         return [Shown("part", room=room, nick=safe(nick), own=self._is_me(nick))], []
 
     def _on_quit(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
@@ -484,6 +525,14 @@ class ClientState:
         if room in self._catchup:  # sent once the room is caught up
             return [], []
         return [], [self._say_op(ref, p)]
+
+
+def _as_relayed(text: str) -> str | None:
+    """``text`` as the node relays it (cleaned, blanks collapsed); None if it would not be."""
+    try:
+        return clean_text(text)
+    except EmptyText:
+        return None
 
 
 def _usage(text: str) -> tuple[list[Shown], list[Op]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 
@@ -12,7 +13,7 @@ import redis.asyncio as aioredis
 from cli.cluster import free_port
 
 from ..helpers import JsonClient, LineClient, json_user, text_user
-from .procs import redis_server, start_node
+from .procs import is_event, redis_server, start_node
 
 pytestmark = pytest.mark.redis_server
 
@@ -42,6 +43,48 @@ async def test_two_cli_nodes_chat_across_real_redis() -> None:
         finally:
             assert await a.stop() == 0
             assert await b.stop() == 0
+
+
+async def test_history_ids_redis_refuses_are_bad_args_and_a_refusal_is_not_unavailable(
+        ) -> None:
+    """Stream ids are two unsigned 64-bit numbers: a larger one is the client's mistake
+    (``bad-args``), the largest one there is has nothing after it, and a command Redis
+    refuses (here a room's stream that is not a stream) is logged and answered
+    ``internal`` — never ``relay-unavailable``, which tells a client to retry."""
+    top = 2**64 - 1
+    async with redis_server() as (url, _):
+        a, pa = await start_node(url, "ha")
+        try:
+            c = await json_user(pa, "c")
+            await c.op("say", text="one", ref="s")
+            first = (await c.event("ack", ref="s"))["id"]
+            for ref, after in enumerate([f"{top}-{top}", f"{top}-0", f"{top - 1}-{top}"]):
+                await c.op("history", after=after, ref=ref)
+                assert (await c.event("history", ref=ref))["messages"] == [], after
+            await c.op("history", after="0000000000-0", ref="z")  # leading zeros are fine
+            assert [m["id"] for m in (await c.event("history", ref="z"))["messages"]] == [
+                first]
+            for ref, after in enumerate([f"{top + 1}-0", f"0-{top + 1}", "9" * 20 + "-0"]):
+                await c.op("history", after=after, ref=f"bad{ref}")
+                error = await c.event("error", ref=f"bad{ref}")
+                assert error["code"] == "bad-args" and "18446744073709551615" in error["text"]
+            await c.op("join", room="broken", ref="j")
+            await c.event("ack", ref="j")
+            r = aioredis.Redis.from_url(url)
+            try:
+                await r.delete("hubbub:{room:broken}:hist")
+                await r.set("hubbub:{room:broken}:hist", "not a stream")
+            finally:
+                await r.aclose()
+            await c.op("history", room="broken", ref="w")
+            assert (await c.event("error", ref="w"))["code"] == "internal"
+            logged = json.loads(await a.wait_line(is_event("redis refused a command")))
+            assert logged["level"] == "warning" and logged["command"] == "history"
+            assert "WRONGTYPE" in logged["error"]
+            await c.op("ping", ref="p")  # and the session goes on
+            await c.event("pong", ref="p")
+        finally:
+            assert await a.stop() == 0
 
 
 async def test_sigkilled_node_names_released_within_two_ttl() -> None:

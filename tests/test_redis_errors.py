@@ -1,0 +1,81 @@
+"""node.redis_errors: which Redis failures mean "unavailable" and which "refused"."""
+
+from __future__ import annotations
+
+import pytest
+from redis._parsers.base import BaseParser
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from structlog.testing import capture_logs
+
+from node.errors import RelayRefused, RelayUnavailable
+from node.redis_errors import refused, transient, translated
+
+# Error replies as Redis sends them, turned into exceptions by redis-py's own parser.
+REFUSALS = [
+    "ERR Invalid stream ID specified as stream command argument",
+    "ERR invalid start ID for the interval",
+    "WRONGTYPE Operation against a key holding the wrong kind of value",
+    "ERR user_script:1: Script attempted to access nonexistent global variable 'x'",
+    "ERR wrong number of arguments for 'xrange' command",
+    "EXECABORT Transaction discarded because of previous errors.",
+]
+STATES = [
+    "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+    "LOADING Redis is loading the dataset in memory",
+    "OOM command not allowed when used memory > 'maxmemory'.",
+    "READONLY You can't write against a read only replica.",
+    "NOSCRIPT No matching script. Please use EVAL.",
+    "NOPERM User hubbub has no permissions to run the 'xadd' command",
+    "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+    "CLUSTERDOWN The cluster is down",
+    "TRYAGAIN Multiple keys request during rehashing of slot",
+    "MOVED 3999 127.0.0.1:6381",
+    "ASK 3999 127.0.0.1:6381",
+    "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist",
+    "NOREPLICAS Not enough good replicas to write.",
+]
+
+
+def reply(text: str) -> Exception:
+    exc = BaseParser.parse_error(text)  # type: ignore[no-untyped-call]
+    assert isinstance(exc, Exception)
+    return exc
+
+
+@pytest.mark.parametrize("text", REFUSALS)
+def test_a_refusal_of_the_command_itself(text: str) -> None:
+    assert refused(reply(text))
+
+
+@pytest.mark.parametrize("text", STATES)
+def test_an_error_about_redis_own_state_is_no_refusal(text: str) -> None:
+    assert not refused(reply(text))
+
+
+@pytest.mark.parametrize("exc", [RedisConnectionError("reset"), RedisTimeoutError("slow"),
+                                 OSError("unreachable"), RuntimeError("transport closed")])
+def test_transport_failures_are_no_refusal(exc: Exception) -> None:
+    assert not refused(exc)
+
+
+async def test_a_refused_command_is_logged_and_is_not_relay_unavailable() -> None:
+    with capture_logs() as logs, pytest.raises(RelayRefused) as info:
+        async with translated("history"):
+            raise reply(REFUSALS[0])
+    assert info.value.code == "internal"
+    assert isinstance(info.value, RelayUnavailable)  # still "not done" to relay-failure code
+    assert not transient(info.value)
+    (entry,) = [e for e in logs if e["event"] == "redis refused a command"]
+    assert entry["log_level"] == "warning" and entry["command"] == "history"
+    assert "Invalid stream ID" in entry["error"]
+
+
+@pytest.mark.parametrize("exc", [reply(STATES[0]), reply(STATES[2]),
+                                 RedisConnectionError("reset"), OSError("unreachable")])
+async def test_redis_down_or_busy_is_relay_unavailable(exc: Exception) -> None:
+    with capture_logs() as logs, pytest.raises(RelayUnavailable) as info:
+        async with translated("who"):
+            raise exc
+    assert type(info.value) is RelayUnavailable and info.value.code == "relay-unavailable"
+    assert not [e for e in logs if e["event"] == "redis refused a command"]
