@@ -59,8 +59,9 @@ async def main(rooms: int, members: int, rate: float) -> None:
             nodes.append(proc)
         r = aioredis.Redis.from_url(url, decode_responses=True)
         try:
-            while len(await r.smembers("hubbub:{nicks}:nodes")) < 3:
-                await asyncio.sleep(0.2)  # a benchmark, not a test: poll the nodes' start
+            # the nodes' heartbeats appear in Redis once they are up (nothing to await)
+            while len(await r.smembers("hubbub:{nicks}:nodes")) < 3:  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
             before = await xadds(r)
             started = time.monotonic()
             bench = await asyncio.create_subprocess_exec(
@@ -101,7 +102,8 @@ async def main(rooms: int, members: int, rate: float) -> None:
     if setup:
         print(f"set-up: {rooms * members:,} joins in {setup:.1f} s = "
               f"{rooms * members / setup:,.0f} notice XADDs/s (one per join)")
-    print(f"room streams (the lobby aside): {len(streams):,}, {entries:,} entries, {size / 1024:,.0f} KiB "
+    print(f"room streams (the lobby aside): {len(streams):,}, {entries:,} entries, "
+          f"{size / 1024:,.0f} KiB "
           f"= {size / max(1, len(streams)):,.0f} B per room; "
           f"{size / max(1, entries):,.0f} B per entry on average, so notices take about "
           f"{size * notices / max(1, entries) / max(1, len(streams)):,.0f} B per room")

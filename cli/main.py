@@ -59,7 +59,8 @@ def node(
     send_queue_lines: Annotated[int, _opt(
         "SEND_QUEUE_LINES", "Lines queued for one client before it is disconnected as too "
         "slow.")] = _DEFAULTS.send_queue_lines,
-    history_max: Annotated[int, _opt("HISTORY_MAX", "Events (messages and notices) kept per room (approximate).")
+    history_max: Annotated[int, _opt("HISTORY_MAX", "Events (messages and notices) kept "
+                                     "per room (approximate).")
                            ] = _DEFAULTS.history_max,
     history_limit: Annotated[int, _opt("HISTORY_LIMIT", "Most messages one /history returns.")
                              ] = _DEFAULTS.history_limit,
