@@ -29,6 +29,7 @@ from node.model import (
     BanEntry,
     Bans,
     BansReply,
+    BlankLine,
     Bye,
     Command,
     Error,
@@ -331,9 +332,9 @@ def test_text_registered_commands(line: str, command: Command) -> None:
 
 
 @pytest.mark.parametrize("line", ["", "   ", "\t"])
-def test_text_blank_is_nothing(line: str) -> None:
+def test_text_blank_is_nothing_once_registered_and_asks_again_before(line: str) -> None:
     assert parse_text(line) is None
-    assert parse_text(line, registered=False) is None
+    assert parse_text(line, registered=False) == BlankLine()
 
 
 @pytest.mark.parametrize(
@@ -771,9 +772,29 @@ def test_text_mode_detected() -> None:
     assert conn.codec is TEXT
     conn = ServerConnection()
     assert conn.render(AskNick()) == b"* GET_NAME: choose a nickname\n"
-    assert conn.receive_data(b"\r\n  \nalice\n") == [Hello(nick="alice")]
+    assert conn.receive_data(b"\r\n  \nalice\n") == [BlankLine(), BlankLine(),
+                                                    Hello(nick="alice")]
     assert conn.mode == "text"
     assert conn.codec is TEXT
+
+
+def test_blank_lines_before_a_name_ask_again_and_choose_no_mode() -> None:
+    conn = ServerConnection()
+    assert conn.receive_data(b"\n") == [BlankLine()]
+    assert conn.receive_data(b" \t\r\n") == [BlankLine()]
+    assert conn.mode == "pending"
+    assert conn.render(AskNick()) == b"* GET_NAME: choose a nickname\n"
+    # after a name in the same batch a blank line is parsed as registered: nothing (a
+    # refused name is asked for again anyway)
+    assert conn.receive_data(b"bad nick!\n\n") == [Hello(nick="bad nick!")]
+    assert conn.mode == "text"
+    assert conn.receive_data(b"\n") == [BlankLine()]  # the name was refused
+    assert conn.receive_data(b"alice\n\n/ping\n") == [Hello(nick="alice"), Ping()]
+    conn.registered = True
+    assert conn.receive_data(b"\n  \n") == []
+    json_conn = ServerConnection()
+    assert json_conn.receive_data(b'{"op":"hello","nick":"x"}\n\n') == [Hello(nick="x")]
+    assert json_conn.receive_data(b"\n") == []
 
 
 def test_json_mode_detected() -> None:
@@ -871,7 +892,8 @@ def test_one_byte_at_a_time_equals_whole() -> None:
         return describe(list(out))
 
     whole = run([data])
-    assert whole == [Hello(nick="x"), Say(text="hi", ref=3), BadJson, BadEncoding]
+    assert whole == [BlankLine(), Hello(nick="x"), Say(text="hi", ref=3), BadJson,
+                     BadEncoding]
     assert run([bytes([b]) for b in data]) == whole
 
 
