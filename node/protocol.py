@@ -23,8 +23,9 @@ Layers, bottom up:
    first non-blank line, which picks the codec for the rest of the connection: a line that
    starts with ``{`` (after whitespace) selects JSON, anything else text.  While pending,
    events are rendered as text (the greeting), and a blank line is a ``BlankLine`` (as in
-   text mode before registration: the session asks for the name again).  Its caller either uses the lists that
-   ``receive_data``/``receive_eof`` return or pulls the same items with ``next_command``.
+   text mode before registration: the session asks for the name again).  Its caller
+   either uses the lists that ``receive_data``/``receive_eof`` return or pulls the same
+   items with ``next_command``.
 
 State: ``mode`` (pending -> text | json, once), ``registered`` (set by the session after a
 successful ``Hello``; in text mode it decides whether a line is a nickname or a command),
