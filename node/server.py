@@ -150,6 +150,7 @@ class ChatNode:
             self.tls_port = self._tls_server.sockets[0].getsockname()[1]
         elif tls is not None:
             self.tls_port = self.port
+        self.gate.start(*(s for s in (self._server, self._tls_server) if s is not None))
         if cfg.http_port:
             try:
                 await self.http.start(cfg.http_host, cfg.http_port)
@@ -157,16 +158,22 @@ class ChatNode:
                 raise startup.listen_error(exc, cfg.http_host, cfg.http_port, "http_port",
                                            "http_host") from None
         unreachable = await startup.check_redis(self._redis, cfg.redis_url, cfg.redis_timeout)
-        self.gate.start(*(s for s in (self._server, self._tls_server) if s is not None))
         log.info("node listening", host=cfg.host, port=self.port, tls_port=self.tls_port,
                  plaintext=tls is None or bool(cfg.tls_port))
         return unreachable
 
     async def _abandon_start(self) -> None:
-        """Close what a failed start opened (nothing was served yet)."""
+        """Close what a failed start opened (a client that connected meanwhile had no
+        name yet: its connection is just closed)."""
+        self._stopping.set()
         for server in (self._server, self._tls_server):
             if server is not None:
                 server.close()
+        self.gate.stop()
+        for task in list(self._conn_tasks):
+            task.cancel()
+        if self._conn_tasks:
+            await asyncio.wait(self._conn_tasks, timeout=1.0)
         await self.http.stop()
         self.security.close()
 

@@ -220,3 +220,32 @@ async def test_a_redis_never_reached_stops_the_node_after_the_start_timeout() ->
 async def test_a_reachable_redis_starts_as_before(fake_server: fakeredis.FakeServer) -> None:
     async with running_node(fake_server, redis_start_timeout=0.1) as node:
         assert node.relay.ready
+
+
+async def test_a_start_refused_by_redis_closes_clients_that_connected_meanwhile(
+        fake_server: fakeredis.FakeServer) -> None:
+    redis = fakeredis.FakeAsyncRedis(server=fake_server)
+    asked, answer = asyncio.Event(), asyncio.Event()
+
+    async def refusing_ping() -> bool:
+        asked.set()
+        await answer.wait()
+        raise AuthenticationError("invalid username-password pair")
+
+    redis.ping = refusing_ping  # type: ignore[method-assign, assignment]
+    node = ChatNode(node_config("n1"), redis)
+    task = asyncio.create_task(node.run())
+    try:
+        await asyncio.wait_for(asked.wait(), TIMEOUT)
+        assert node.port is not None
+        c = await LineClient.connect(node.port)  # the listener is open during the check
+        await c.expect("* GET_NAME")
+        answer.set()
+        with pytest.raises(StartupError):
+            await asyncio.wait_for(task, TIMEOUT)
+        await c.closed()
+        assert not node.sessions
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await redis.aclose()
