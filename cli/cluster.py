@@ -116,16 +116,56 @@ def _node_command(port: int, http_port: int, redis_url: str, node_id: str,
             "--redis-url", redis_url, "--node-id", node_id, "--lease-ttl", str(lease_ttl)]
 
 
+def _error(text: str) -> int:
+    """An operator's mistake: one line, exit status 2 (as ``hubbub node``)."""
+    typer.echo(f"hubbub cluster: error: {text}", err=True)
+    return 2
+
+
+def _redis_problem(url: str) -> str | None:
+    """Why the given Redis cannot serve the cluster, or None (it answered a PING)."""
+    import asyncio
+
+    from node.config import ConfigError, NodeConfig
+    from node.errors import StartupError
+    from node.startup import wait_for_redis
+
+    from .redis_client import connect_redis
+
+    try:
+        NodeConfig(node_id="cluster", redis_url=url)
+    except ConfigError as exc:
+        return str(exc)
+
+    async def check() -> None:
+        redis = connect_redis(url, 2.0, max_connections=2)
+        try:
+            await wait_for_redis(redis, url, redis_timeout=2.0, give_up_after=5.0,
+                                 since=asyncio.get_running_loop().time())
+        finally:
+            await redis.aclose()
+
+    try:
+        asyncio.run(check())
+    except StartupError as exc:
+        return exc.text
+    return None
+
+
 def run_cluster(*, nodes: int, base_port: int, redis_url: str | None, lease_ttl: float) -> int:
+    if not 1 <= base_port <= 65536 - nodes:
+        return _error(f"ports {base_port}-{base_port + nodes - 1} are not all valid port "
+                      "numbers (--base-port)")
     for port in range(base_port, base_port + nodes):
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the nodes will
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
-                typer.echo(f"port {port} is in use; stop what holds it or pass --base-port",
-                           err=True)
-                return 1
+                return _error(f"port {port} is already in use; stop what holds it or "
+                              "choose other ports (--base-port)")
+    if redis_url is not None and (problem := _redis_problem(redis_url)) is not None:
+        return _error(f"{problem} (--redis-url / HUBBUB_CLUSTER_REDIS_URL)")
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -160,6 +200,8 @@ def run_cluster(*, nodes: int, base_port: int, redis_url: str | None, lease_ttl:
                 cwd=cwd, start_new_session=True))
         for i, proc in enumerate(procs):
             if not wait_for_port(base_port + i, 15, proc=proc):
+                if proc.poll() == 2:  # a mistake it has named on stderr already
+                    return _error(f"node{i + 1} could not start (see its error above)")
                 typer.echo(f"node{i + 1} did not start", err=True)
                 return 1
         typer.echo("")

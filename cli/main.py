@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Any
+from collections.abc import Iterable
+from typing import Annotated, Any, NoReturn
 
+import structlog
 import typer
+import typer.main
 
-from node.config import NodeConfig, default_node_id
-from node.logs import configure_logging
+from node.config import ConfigError, NodeConfig, default_node_id
+from node.errors import StartupError
+from node.logs import configure_logging, escape_text
 
 from .accounts import account_app, read_secret
 
@@ -112,13 +116,17 @@ def node(
     redis_pool_wait: Annotated[float, _opt(
         "REDIS_POOL_WAIT", "Seconds a command waits for a free connection when all are busy.")
         ] = _DEFAULTS.redis_pool_wait,
+    redis_start_timeout: Annotated[float, _opt(
+        "REDIS_START_TIMEOUT", "Seconds a starting node waits for an unreachable Redis "
+        "before it exits (status 2); 0: for ever.  Later outages are always waited out.")
+        ] = _DEFAULTS.redis_start_timeout,
     shutdown_grace: Annotated[float, _opt(
         "SHUTDOWN_GRACE", "Seconds sessions get to finish when the node stops.")
                               ] = _DEFAULTS.shutdown_grace,
     http_host: Annotated[str, _opt("HTTP_HOST", "Address of /healthz, /readyz, /metrics.")
                          ] = _DEFAULTS.http_host,
     http_port: Annotated[int, _opt("HTTP_PORT", "Port of /healthz, /readyz, /metrics "
-                                   "(0: none).")] = _DEFAULTS.http_port,
+                                   "(0: no HTTP endpoint).")] = _DEFAULTS.http_port,
     outbox_seconds: Annotated[float, _opt(
         "OUTBOX_SECONDS", "How long a message said while Redis is unreachable waits to be "
         "published, and how long a name claim keeps trying (0: fail at once).")
@@ -194,9 +202,16 @@ def node(
         "MUTE_DURATION", "Seconds a /mute lasts when no duration is given.")
                              ] = _DEFAULTS.mute_duration,
 ) -> None:
-    """Run one chat node.  Every option also reads its HUBBUB_* environment variable."""
+    """Run one chat node.  Every option also reads its HUBBUB_* environment variable.
+
+    A setting that cannot work (a bad value, a port in use, a Redis that refuses the node
+    or stays unreachable, an unreadable file) ends it with one line naming the option to
+    change, and exit status 2."""
     from .run_node import run_node
 
+    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        _cannot_run([("log level must be debug, info, warning or error", ("log_level",))],
+                    log_json)
     try:
         config = NodeConfig(
             node_id=node_id or default_node_id(), host=host, port=port, redis_url=redis_url,
@@ -211,30 +226,68 @@ def node(
             proxy_timeout=proxy_timeout, keepalive_idle=keepalive_idle,
             keepalive_interval=keepalive_interval, keepalive_count=keepalive_count,
             redis_timeout=redis_timeout, redis_pool=redis_pool,
-            redis_pool_wait=redis_pool_wait, shutdown_grace=shutdown_grace, http_host=http_host,
+            redis_pool_wait=redis_pool_wait, redis_start_timeout=redis_start_timeout,
+            shutdown_grace=shutdown_grace, http_host=http_host,
             http_port=http_port, ready_window=ready_window, allow_eviction=allow_eviction,
             outbox_seconds=outbox_seconds, outbox_max=outbox_max, publish_batch=publish_batch,
             tls_cert=tls_cert, tls_key=tls_key, tls_port=tls_port,
             tls_handshake_timeout=tls_handshake_timeout, redis_ca=redis_ca,
-            auth=auth, auth_token=read_secret(auth_token, auth_token_file, "--auth-token"),
-            oper_secret=read_secret(oper_secret, oper_secret_file, "--oper-secret"),
+            auth=auth, auth_token=_node_secret(auth_token, auth_token_file, "auth_token",
+                                               log_json),
+            oper_secret=_node_secret(oper_secret, oper_secret_file, "oper_secret", log_json),
             oper_accounts=tuple(n.strip() for n in oper_accounts.split(",") if n.strip()),
             hash_concurrency=hash_concurrency, hash_queue=hash_queue,
             min_password=min_password, login_fails_per_name=login_fails_per_name,
             login_fails_per_ip=login_fails_per_ip, login_fail_window=login_fail_window,
             takeover_wait=takeover_wait, ban_duration=ban_duration,
             mute_duration=mute_duration)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    _check_tls_files(config)
-    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise typer.BadParameter("log level must be debug, info, warning or error")
+    except ConfigError as exc:
+        _cannot_run([(text, (setting,)) for setting, text in exc.problems], log_json)
+    _check_files(config)
     configure_logging(json=log_json, level=log_level)
-    run_node(config)
+    try:
+        run_node(config)
+    except StartupError as exc:
+        _cannot_run([(exc.text, exc.settings)], log_json)
 
 
-def _check_tls_files(config: NodeConfig) -> None:
-    """Refuse to start with a certificate or key that cannot be loaded (before listening)."""
+def _option(setting: str) -> str:
+    """How ``hubbub node`` spells a setting (a NodeConfig field, which is also the
+    option's parameter name): ``--port / HUBBUB_PORT``."""
+    command: Any = typer.main.get_command(app)
+    for param in command.commands["node"].params:
+        if param.name == setting:
+            env = param.envvar if isinstance(param.envvar, str) else None
+            return f"{param.opts[0]} / {env}" if env else str(param.opts[0])
+    return setting
+
+
+def _cannot_run(problems: Iterable[tuple[str, tuple[str, ...]]], log_json: bool) -> NoReturn:
+    """Say what is wrong, one line each with the options that fix it, and exit 2: a plain
+    line on stderr, or with --log-json one ``node cannot run`` event."""
+    if log_json and not structlog.is_configured():
+        configure_logging(json=True)
+    for text, settings in problems:
+        options = ", ".join(_option(s) for s in settings)
+        if log_json:
+            structlog.get_logger("hubbub.cli").error("node cannot run", error=text,
+                                                     option=options)
+        else:
+            line = f"{text} ({options})" if options else text
+            typer.echo(f"hubbub node: error: {escape_text(line)}", err=True)
+    raise typer.Exit(2)
+
+
+def _node_secret(value: str, path: str, setting: str, log_json: bool) -> str:
+    try:
+        return read_secret(value, path, "--" + setting.replace("_", "-"))
+    except typer.BadParameter as exc:
+        _cannot_run([(exc.message, (setting + "_file" if path else setting,))], log_json)
+
+
+def _check_files(config: NodeConfig) -> None:
+    """Refuse to start with a certificate, key or CA file that cannot be loaded (before
+    listening)."""
     import ssl
 
     from node.tls import server_context
@@ -243,7 +296,14 @@ def _check_tls_files(config: NodeConfig) -> None:
         try:
             server_context(config.tls_cert, config.tls_key)
         except (OSError, ssl.SSLError) as exc:
-            raise typer.BadParameter(f"cannot load --tls-cert/--tls-key: {exc}") from exc
+            _cannot_run([(f"cannot load the TLS certificate or key: {exc}",
+                          ("tls_cert", "tls_key"))], config.log_json)
+    if config.redis_ca:
+        try:
+            ssl.create_default_context(cafile=config.redis_ca)
+        except (OSError, ssl.SSLError) as exc:
+            _cannot_run([(f"cannot load the Redis CA file: {exc}", ("redis_ca",))],
+                        config.log_json)
 
 
 @app.command()

@@ -1,4 +1,7 @@
-"""Run one chat node in this process until SIGTERM/SIGINT (a second signal forces)."""
+"""Run one chat node in this process until SIGTERM/SIGINT (a second signal forces).
+
+A node that cannot start raises :class:`~node.errors.StartupError` out of
+:func:`run_node`; the command turns it into one line and exit status 2."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import sys
 import structlog
 
 from node.config import NodeConfig
-from node.errors import HubbubError
+from node.errors import StartupError
 from node.server import ChatNode
 
 from .redis_client import connect_redis
@@ -21,8 +24,12 @@ log = structlog.get_logger("hubbub.cli")
 
 
 async def _main(config: NodeConfig) -> None:
-    redis = connect_redis(config.redis_url, config.redis_timeout, config.redis_pool,
-                          ca=config.redis_ca or None, pool_wait=config.redis_pool_wait)
+    try:
+        redis = connect_redis(config.redis_url, config.redis_timeout, config.redis_pool,
+                              ca=config.redis_ca or None, pool_wait=config.redis_pool_wait)
+    except ValueError as exc:  # what NodeConfig's own check of the URL let through
+        raise StartupError(f"the Redis URL cannot be used: {exc}",
+                           settings=("redis_url",)) from None
     node = ChatNode(config, redis)
     loop = asyncio.get_running_loop()
     signals = 0
@@ -41,9 +48,6 @@ async def _main(config: NodeConfig) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         await node.run()
-    except HubbubError as exc:
-        log.error("node cannot run", error=exc.text)
-        raise SystemExit(2) from None
     finally:
         await redis.aclose()
 

@@ -7,10 +7,24 @@ import os
 import re
 import socket
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
-__all__ = ["NodeConfig", "default_node_id"]
+__all__ = ["ConfigError", "NodeConfig", "Problem", "default_node_id"]
 
 _NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
+
+
+Problem = tuple[str, str]
+"""A setting's name (a :class:`NodeConfig` field) and what is wrong with its value."""
+
+
+class ConfigError(ValueError):
+    """Settings that cannot work; ``problems`` names the field of each (so the CLI can
+    name the option to change)."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(text for _, text in problems))
 
 
 def default_node_id() -> str:
@@ -93,6 +107,11 @@ class NodeConfig:
     redis_pool_wait: float = 5.0
     """Seconds a command waits for a free pooled connection when all are busy (a
     reconnect storm queues up instead of failing); then it fails as relay-unavailable."""
+    redis_start_timeout: float = 30.0
+    """Seconds a starting node waits for an unreachable Redis before it gives up (exit 2);
+    0: wait for ever.  A Redis that answers but refuses the node (credentials, database,
+    TLS, not Redis at all) ends the start at once; one that goes away later is waited
+    for, however long."""
     shutdown_grace: float = 10.0
     """Seconds a shutting-down node waits for sessions to finish before cancelling them."""
     reconnect_min: float = 0.1
@@ -108,8 +127,9 @@ class NodeConfig:
     allow_eviction: bool = False
     """Run even if Redis may evict keys (an evicted lease grants a name twice)."""
     http_host: str = "0.0.0.0"
-    http_port: int = 8081
-    """Port of /healthz, /readyz and /metrics (0: no HTTP endpoint)."""
+    http_port: int = 0
+    """Port of /healthz, /readyz and /metrics (0: no HTTP endpoint, the default, so that
+    several nodes run side by side on one host with only their chat ports set)."""
     canary_interval: float = 1.0
     """Seconds between the node's probes of its own bus subscription."""
     ready_window: float = 3.0
@@ -162,91 +182,113 @@ class NodeConfig:
     """Seconds a /mute lasts when no duration is given."""
 
     def __post_init__(self) -> None:
-        problems = []
+        problems: list[Problem] = []
+        add = problems.append
         if not _NODE_ID.fullmatch(self.node_id):
-            problems.append("node id must be 1-64 of A-Z a-z 0-9 . _ -")
+            add(("node_id", "node id must be 1-64 of A-Z a-z 0-9 . _ -"))
         if not 0 <= self.port <= 65535:
-            problems.append("port must be 0-65535")
+            add(("port", "port must be 0-65535"))
         if self.lease_ttl < 1:
-            problems.append("lease ttl must be at least 1 second")
+            add(("lease_ttl", "lease ttl must be at least 1 second"))
         if self.max_line < 64:
-            problems.append("max line must be at least 64 bytes")
+            add(("max_line", "max line must be at least 64 bytes"))
         if self.max_buffer < self.max_line:
-            problems.append("max buffer must be at least max line")
+            add(("max_buffer", "max buffer must be at least max line"))
         if not 0 <= self.http_port <= 65535:
-            problems.append("http port must be 0-65535")
+            add(("http_port", "http port must be 0-65535"))
         if self.ready_window <= self.canary_interval:
-            problems.append("ready window must be longer than the canary interval")
+            add(("ready_window", "ready window must be longer than the canary interval"))
         for name in ("register_timeout", "redis_timeout", "shutdown_grace", "reconnect_min",
                      "reconnect_max",
                      "canary_interval"):
             if getattr(self, name) <= 0:
-                problems.append(f"{name.replace('_', ' ')} must be positive")
-        if self.outbox_seconds < 0:
-            problems.append("outbox seconds must not be negative")
-        if self.redis_pool_wait < 0:
-            problems.append("redis pool wait must not be negative")
+                add((name, f"{name.replace('_', ' ')} must be positive"))
+        for name in ("outbox_seconds", "redis_pool_wait", "redis_start_timeout"):
+            if getattr(self, name) < 0:
+                add((name, f"{name.replace('_', ' ')} must not be negative"))
         for name in ("send_queue_bytes", "send_queue_lines", "history_max", "history_default",
                      "history_limit", "backlog", "publish_batch", "redis_pool"):
             if getattr(self, name) < 1:
-                problems.append(f"{name.replace('_', ' ')} must be at least 1")
+                add((name, f"{name.replace('_', ' ')} must be at least 1"))
         for name in ("rate", "flood_disconnect", "max_connections", "max_per_ip",
                      "conn_rate_per_ip", "keepalive_idle"):
             if getattr(self, name) < 0:
-                problems.append(f"{name.replace('_', ' ')} must not be negative")
+                add((name, f"{name.replace('_', ' ')} must not be negative"))
         for name in ("burst", "conn_burst_per_ip", "keepalive_interval", "keepalive_count"):
             if getattr(self, name) < 1:
-                problems.append(f"{name.replace('_', ' ')} must be at least 1")
+                add((name, f"{name.replace('_', ' ')} must be at least 1"))
+        problems.extend(_redis_url_problems(self.redis_url))
         problems.extend(self._proxy_problems())
         problems.extend(self._auth_problems())
         problems.extend(self._tls_problems())
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigError(problems)
 
-    def _auth_problems(self) -> list[str]:
-        problems = []
+    def _auth_problems(self) -> list[Problem]:
+        problems: list[Problem] = []
         if self.auth not in ("open", "token", "accounts"):
-            problems.append("auth must be open, token or accounts")
+            problems.append(("auth", "auth must be open, token or accounts"))
         if self.auth == "token" and not self.auth_token:
-            problems.append("auth token mode needs an access token (--auth-token or "
-                            "--auth-token-file)")
+            problems.append(("auth_token", "auth token mode needs an access token "
+                             "(--auth-token or --auth-token-file)"))
         for name in ("hash_concurrency", "min_password"):
             if getattr(self, name) < 1:
-                problems.append(f"{name.replace('_', ' ')} must be at least 1")
+                problems.append((name, f"{name.replace('_', ' ')} must be at least 1"))
         for name in ("hash_queue", "login_fails_per_name", "login_fails_per_ip"):
             if getattr(self, name) < 0:
-                problems.append(f"{name.replace('_', ' ')} must not be negative")
+                problems.append((name, f"{name.replace('_', ' ')} must not be negative"))
         if self.takeover_wait < 0:
-            problems.append("takeover wait must not be negative")
+            problems.append(("takeover_wait", "takeover wait must not be negative"))
         for name in ("login_fail_window", "ban_duration", "mute_duration"):
             if getattr(self, name) < 1:
-                problems.append(f"{name.replace('_', ' ')} must be at least 1 second")
+                problems.append((name, f"{name.replace('_', ' ')} must be at least 1 second"))
         return problems
 
-    def _proxy_problems(self) -> list[str]:
-        problems = []
+    def _proxy_problems(self) -> list[Problem]:
+        problems: list[Problem] = []
         for net in self.proxy_from:
             try:
                 ipaddress.ip_network(net, strict=False)
             except ValueError:
-                problems.append(f"proxy from: {net!r} is not an address or network")
+                problems.append(("proxy_from",
+                                 f"proxy from: {net!r} is not an address or network"))
         if self.proxy_timeout <= 0:
-            problems.append("proxy timeout must be positive")
+            problems.append(("proxy_timeout", "proxy timeout must be positive"))
         if self.proxy_from and self.tls_cert and not self.tls_port:
-            problems.append("proxy from needs a plaintext chat port: with TLS on --port, "
-                            "set --tls-port for TLS and keep --port plaintext")
+            problems.append(("proxy_from", "proxy from needs a plaintext chat port: with TLS "
+                             "on --port, set --tls-port for TLS and keep --port plaintext"))
         return problems
 
-    def _tls_problems(self) -> list[str]:
-        problems = []
+    def _tls_problems(self) -> list[Problem]:
+        problems: list[Problem] = []
         if bool(self.tls_cert) != bool(self.tls_key):
-            problems.append("TLS needs both a certificate and a key (--tls-cert, --tls-key)")
+            problems.append(("tls_key" if self.tls_cert else "tls_cert",
+                             "TLS needs both a certificate and a key (--tls-cert, --tls-key)"))
         if self.tls_port and not self.tls_cert:
-            problems.append("a TLS port needs a certificate and key (--tls-cert, --tls-key)")
+            problems.append(("tls_cert", "a TLS port needs a certificate and key (--tls-cert, "
+                             "--tls-key)"))
         if not 0 <= self.tls_port <= 65535:
-            problems.append("tls port must be 0-65535")
+            problems.append(("tls_port", "tls port must be 0-65535"))
         if self.tls_port and self.tls_port == self.port:
-            problems.append("tls port must differ from the plaintext port")
+            problems.append(("tls_port", "tls port must differ from the plaintext port"))
         if self.tls_handshake_timeout <= 0:
-            problems.append("tls handshake timeout must be positive")
+            problems.append(("tls_handshake_timeout", "tls handshake timeout must be positive"))
         return problems
+
+
+def _redis_url_problems(url: str) -> list[Problem]:
+    """What makes ``url`` unusable; the URL itself is never quoted (it may hold a
+    password)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return [("redis_url", "the Redis URL must start with redis://, rediss:// or unix:// "
+                 "(e.g. redis://localhost:6379/0)")]
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return [("redis_url", "the Redis URL's port is not a number 0-65535")]
+    db = parts.path.strip("/")
+    if parts.scheme != "unix" and db and not db.isdigit():
+        return [("redis_url", "the Redis URL's path must be a database number "
+                 "(e.g. redis://localhost:6379/0)")]
+    return []

@@ -31,7 +31,8 @@
     │   └── Muted                    ``muted``
     ├── RelayUnavailable             ``relay-unavailable`` (Redis cannot be reached)
     │   └── RelayRefused             ``internal`` (Redis refused the command itself: logged)
-    ├── RedisMisconfigured           Redis is set up so that names could be granted twice
+    ├── StartupError                 the node cannot start as configured (``settings``)
+    │   └── RedisMisconfigured       Redis is set up so that names could be granted twice
     └── SessionClosed                the session is over (``reason`` says why)
         ├── SendQueueExceeded        ``send-queue-exceeded`` (a slow reader)
         ├── RateLimited              ``rate-limited`` (a flood went on past its delays)
@@ -85,6 +86,7 @@ __all__ = [
     "RelayUnavailable",
     "SendQueueExceeded",
     "SessionClosed",
+    "StartupError",
     "TooManyConnections",
     "UnknownCommand",
 ]
@@ -260,11 +262,27 @@ class RelayRefused(RelayUnavailable):
                     "the node, and trying again will not help")
 
 
-class RedisMisconfigured(HubbubError):
+class StartupError(HubbubError):
+    """The node cannot start as configured: a port in use, a Redis that refuses it or
+    cannot be reached in time.  ``settings`` names the :class:`~node.config.NodeConfig`
+    fields that would fix it; the CLI turns them into its options (the node knows no flag
+    spellings).  Never sent to a client."""
+
+    code = "startup"
+    default_text = "the node cannot start"
+    default_settings: tuple[str, ...] = ()
+
+    def __init__(self, text: str | None = None, *, settings: tuple[str, ...] = ()) -> None:
+        super().__init__(text)
+        self.settings = settings or self.default_settings
+
+
+class RedisMisconfigured(StartupError):
     """Fatal at start: e.g. an eviction policy that could silently drop a name's lease."""
 
     code = "redis-misconfigured"
     default_text = "Redis is misconfigured for hubbub"
+    default_settings = ("allow_eviction",)
 
 
 class SessionClosed(HubbubError):

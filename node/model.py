@@ -19,6 +19,7 @@ __all__ = [
     "BanEntry",
     "Bans",
     "BansReply",
+    "BlankLine",
     "Bye",
     "Command",
     "Error",
@@ -157,6 +158,12 @@ class Help(Command):
 @dataclass(frozen=True, slots=True)
 class Quit(Command):
     reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BlankLine(Command):
+    """A blank line where a text-mode client owes its nickname: the node asks again.
+    (Blank lines at any other time mean nothing and produce no command.)"""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,8 +22,10 @@ Layers, bottom up:
 3. :class:`ServerConnection` ties them together.  Its ``mode`` is ``"pending"`` until the
    first non-blank line, which picks the codec for the rest of the connection: a line that
    starts with ``{`` (after whitespace) selects JSON, anything else text.  While pending,
-   events are rendered as text (the greeting).  Its caller either uses the lists that
-   ``receive_data``/``receive_eof`` return or pulls the same items with ``next_command``.
+   events are rendered as text (the greeting), and a blank line is a ``BlankLine`` (as in
+   text mode before registration: the session asks for the name again).  Its caller
+   either uses the lists that ``receive_data``/``receive_eof`` return or pulls the same
+   items with ``next_command``.
 
 State: ``mode`` (pending -> text | json, once), ``registered`` (set by the session after a
 successful ``Hello``; in text mode it decides whether a line is a nickname or a command),
@@ -61,6 +63,7 @@ from node.model import (
     BanEntry,
     Bans,
     BansReply,
+    BlankLine,
     Bye,
     Command,
     Error,
@@ -466,10 +469,11 @@ class TextCodec:
     echo_own = False
 
     def parse(self, line: str, registered: bool) -> Command | None:
-        """Parse one text line (see ``docs/PROTOCOL.md``)."""
+        """Parse one text line (see ``docs/PROTOCOL.md``).  A blank line is nothing once
+        registered, and :class:`BlankLine` (ask for the name again) before."""
         bare = line.strip()
         if not bare:
-            return None
+            return None if registered else BlankLine()
         if bare.lower() in _QUIT_WORDS:
             return Quit()
         if line.startswith("/") and not line.startswith("//"):
@@ -861,7 +865,8 @@ class ServerConnection:
                 continue
             if self.mode == "pending":
                 start = item.lstrip()
-                if not start:
+                if not start:  # no mode yet: a person at a terminal pressed Enter
+                    out.append(BlankLine())
                     continue
                 self.mode = "json" if start.startswith("{") else "text"
             try:

@@ -28,9 +28,10 @@ import structlog
 from redis.asyncio import Redis
 
 from . import envelope as env
+from . import startup
 from .backoff import backoff
 from .config import NodeConfig
-from .errors import NickTaken, NoSuchNick, RedisMisconfigured, RelayUnavailable
+from .errors import NickTaken, NoSuchNick, RedisMisconfigured, RelayUnavailable, StartupError
 from .gate import Gate
 from .http import HttpEndpoint
 from .limits import REFUSALS
@@ -49,6 +50,7 @@ from .model import (
 )
 from .names import MAX_NICK, fold_nick
 from .pause import pause
+from .redis_errors import describe
 from .relay import NameInfo, Relay
 from .security import Security
 from .session import Session
@@ -105,44 +107,110 @@ class ChatNode:
         self.http = HttpEndpoint(self)
         self.gate = Gate(config, self.stats)
         self.security = Security(self, redis)
+        self._redis = redis
+        self._start_failed: StartupError | None = None
+        """Set when Redis never answered (or refused the node) after the start."""
 
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, started: Callable[[int], None] | None = None) -> None:
-        """Start the relay and the listener, serve until :meth:`stop`, then shut down."""
+        """Open the listeners, start the relay, serve until :meth:`stop`, then shut down.
+
+        Raises:
+            StartupError: the node cannot start as configured (see :mod:`node.startup`):
+                raised before serving, or after the drain when Redis never answered.
+        """
         structlog.contextvars.bind_contextvars(node=self.config.node_id)
+        since = asyncio.get_running_loop().time()
+        try:
+            unreachable = await self._start()
+        except BaseException:
+            await self._abandon_start()
+            raise
         relay_task = asyncio.create_task(self.relay.run(), name="relay")
         relay_task.add_done_callback(lambda _: self._stopping.set())  # it only ends on error
+        watch = None if unreachable is None else asyncio.create_task(
+            self._await_redis(unreachable, since), name="await-redis")
         try:
-            cfg = self.config
-            tls = server_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
-            self._server = await self._listen(cfg.port, None if cfg.tls_port else tls)
-            self.port = self._server.sockets[0].getsockname()[1]
-            if tls is not None and cfg.tls_port:
-                self._tls_server = await self._listen(cfg.tls_port, tls)
-                self.tls_port = self._tls_server.sockets[0].getsockname()[1]
-            elif tls is not None:
-                self.tls_port = self.port
-            self.gate.start(*(s for s in (self._server, self._tls_server) if s is not None))
-            log.info("node listening", host=cfg.host, port=self.port, tls_port=self.tls_port,
-                     plaintext=tls is None or bool(cfg.tls_port))
-            if self.config.http_port:
-                await self.http.start(self.config.http_host, self.config.http_port)
             if started is not None:
+                assert self.port is not None
                 started(self.port)
             await self._stopping.wait()
         finally:
+            if watch is not None:
+                watch.cancel()
+                await asyncio.gather(watch, return_exceptions=True)
             await self._shutdown(relay_task)
+        if self._start_failed is not None:
+            raise self._start_failed
 
-    async def _listen(self, port: int, tls: ssl.SSLContext | None) -> asyncio.Server:
+    async def _start(self) -> Exception | None:
+        """Open every listener, then ask Redis once.  Returns None when Redis answered,
+        the error when it could not be reached yet."""
+        cfg = self.config
+        tls = server_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
+        self._server = await self._listen(cfg.port, None if cfg.tls_port else tls, "port")
+        self.port = self._server.sockets[0].getsockname()[1]
+        if tls is not None and cfg.tls_port:
+            self._tls_server = await self._listen(cfg.tls_port, tls, "tls_port")
+            self.tls_port = self._tls_server.sockets[0].getsockname()[1]
+        elif tls is not None:
+            self.tls_port = self.port
+        self.gate.start(*(s for s in (self._server, self._tls_server) if s is not None))
+        if cfg.http_port:
+            try:
+                await self.http.start(cfg.http_host, cfg.http_port)
+            except OSError as exc:
+                raise startup.listen_error(exc, cfg.http_host, cfg.http_port, "http_port",
+                                           "http_host") from None
+        unreachable = await startup.check_redis(self._redis, cfg.redis_url, cfg.redis_timeout)
+        log.info("node listening", host=cfg.host, port=self.port, tls_port=self.tls_port,
+                 plaintext=tls is None or bool(cfg.tls_port))
+        return unreachable
+
+    async def _abandon_start(self) -> None:
+        """Close what a failed start opened (a client that connected meanwhile had no
+        name yet: its connection is just closed)."""
+        self._stopping.set()
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.close()
+        self.gate.stop()
+        for task in list(self._conn_tasks):
+            task.cancel()
+        if self._conn_tasks:
+            await asyncio.wait(self._conn_tasks, timeout=1.0)
+        await self.http.stop()
+        self.security.close()
+
+    async def _await_redis(self, first: Exception, since: float) -> None:
+        """Redis could not be reached at start: serve meanwhile (clients are told the relay
+        is unavailable), and stop the node if it stays away past ``redis_start_timeout``
+        or turns out to refuse it."""
+        cfg = self.config
+        log.warning("waiting for redis", redis=startup.redis_address(cfg.redis_url),
+                    error=describe(first), gives_up_after=cfg.redis_start_timeout or None)
+        try:
+            await startup.wait_for_redis(self._redis, cfg.redis_url,
+                                         redis_timeout=cfg.redis_timeout,
+                                         give_up_after=cfg.redis_start_timeout, since=since)
+        except StartupError as exc:
+            self._start_failed = exc
+            self.stop()
+
+    async def _listen(self, port: int, tls: ssl.SSLContext | None,
+                      setting: str) -> asyncio.Server:
         """A listener on ``port``: plaintext, or TLS with a bounded handshake (a client that
         stalls in it, or speaks plaintext, is dropped and never becomes a session)."""
         cfg = self.config
         proxied = bool(cfg.proxy_from) and tls is None  # PROXY headers: plaintext only
-        return await asyncio.get_running_loop().create_server(
-            lambda: Session(self, proxied=proxied), cfg.host, port, backlog=cfg.backlog,
-            reuse_address=True, ssl=tls,
-            ssl_handshake_timeout=cfg.tls_handshake_timeout if tls else None)
+        try:
+            return await asyncio.get_running_loop().create_server(
+                lambda: Session(self, proxied=proxied), cfg.host, port, backlog=cfg.backlog,
+                reuse_address=True, ssl=tls,
+                ssl_handshake_timeout=cfg.tls_handshake_timeout if tls else None)
+        except OSError as exc:
+            raise startup.listen_error(exc, cfg.host, port, setting, "host") from None
 
     def stop(self) -> None:
         self._stopping.set()
@@ -171,10 +239,11 @@ class ChatNode:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
-        # 4. drop our heartbeat, then stop listening to the bus
+        # 4. drop our heartbeat (if Redis ever answered), then stop listening to the bus
         try:
-            async with asyncio.timeout(self.config.redis_timeout):
-                await self.relay.close()
+            if self._start_failed is None:
+                async with asyncio.timeout(self.config.redis_timeout):
+                    await self.relay.close()
         except (RelayUnavailable, TimeoutError):
             log.warning("could not remove heartbeat; it will expire")
         relay_task.cancel()

@@ -48,6 +48,7 @@ from .limits import FloodGuard, ip_key
 from .model import (
     Ack,
     AskNick,
+    BlankLine,
     Bye,
     Command,
     Error,
@@ -532,6 +533,10 @@ class Session(asyncio.Protocol):
 
     async def _handle(self, cmd: Command) -> bool:
         """Carry out one command; False when it ends the session."""
+        if isinstance(cmd, BlankLine):  # Enter at the name prompt: ask again
+            if not self.registered and self.conn.mode != "json":
+                self.send(AskNick())
+            return True
         if isinstance(cmd, Quit):
             self.said_quit = True
             self.quit_reason = clean_reason(cmd.reason)

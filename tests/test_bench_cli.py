@@ -57,6 +57,7 @@ def test_spawned_cluster_json_and_table() -> None:
     assert "deliv/s" in text and "p99 ms" in text and "6/6 clients registered" in text
 
 
+@pytest.mark.redis_server  # bench subprocesses
 @pytest.mark.timeout(60)
 def test_ceiling_baseline_with_two_generator_processes() -> None:
     result = _bench("--baseline", "ceiling", "--clients", "6", "--rate", "120",

@@ -38,3 +38,30 @@ def test_client_variables_are_documented() -> None:
     doc = DOC.read_text()
     for var in ("HUBBUB_NODES", "HUBBUB_NICK", "HUBBUB_TLS", "HUBBUB_TLS_CA", "REDIS_PASSWORD"):
         assert f"`{var}`" in doc
+
+
+def _documented(value: object) -> str:
+    """How the reference writes a default: `5051`, `15.0`, off, or a word for none."""
+    if value is False:
+        return "off"
+    return f"`{value}`"
+
+
+def test_every_documented_default_is_the_real_one() -> None:
+    doc = DOC.read_text()
+    wrong = []
+    for param in _node_options():
+        flag = max(param.opts, key=len)
+        row = re.search(rf"^\| `{re.escape(flag)}` \| `[^`]*` \| ([^|]*) \|", doc, re.M)
+        if row is None or param.default is None:
+            continue  # missing rows: the test above; None: computed (the node id)
+        cell = row.group(1).strip()
+        if param.default == "":  # nothing given: the reference says what happens instead
+            ok = not cell.startswith("`")
+        elif isinstance(param.default, float) and cell.startswith("`"):
+            ok = float(cell.strip("`")) == param.default
+        else:
+            ok = cell == _documented(param.default)
+        if not ok:
+            wrong.append(f"{flag}: documented {cell}, really {param.default!r}")
+    assert not wrong, f"fix these defaults in {DOC.name}: {wrong}"

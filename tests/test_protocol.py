@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -29,6 +30,7 @@ from node.model import (
     BanEntry,
     Bans,
     BansReply,
+    BlankLine,
     Bye,
     Command,
     Error,
@@ -67,7 +69,7 @@ from node.model import (
     Who,
     WhoReply,
 )
-from node.protocol import CODECS, JSON, TEXT, LineFramer, ServerConnection
+from node.protocol import JSON, TEXT, LineFramer, ServerConnection
 
 Output = list[str | ProtocolError]
 
@@ -331,9 +333,9 @@ def test_text_registered_commands(line: str, command: Command) -> None:
 
 
 @pytest.mark.parametrize("line", ["", "   ", "\t"])
-def test_text_blank_is_nothing(line: str) -> None:
+def test_text_blank_is_nothing_once_registered_and_asks_again_before(line: str) -> None:
     assert parse_text(line) is None
-    assert parse_text(line, registered=False) is None
+    assert parse_text(line, registered=False) == BlankLine()
 
 
 @pytest.mark.parametrize(
@@ -393,12 +395,6 @@ def test_text_unknown_command(line: str) -> None:
 
 def test_text_unknown_command_names_it() -> None:
     assert text_error("/frob\x1b[2J x").text == "unknown command /frob[2J; try /help"
-
-
-def test_text_codec_flags() -> None:
-    assert TEXT.name == "text"
-    assert TEXT.echo_own is False
-    assert CODECS["text"] is TEXT
 
 
 # --------------------------------------------------------------------------- JSON parsing
@@ -529,12 +525,6 @@ def test_json_lone_surrogate_refused() -> None:
     assert isinstance(error, BadArguments)
     assert error.ref == 1
     assert isinstance(json_error('{"op":"ping","ref":"\\udfff"}'), BadArguments)
-
-
-def test_json_codec_flags() -> None:
-    assert JSON.name == "json"
-    assert JSON.echo_own is True
-    assert CODECS["json"] is JSON
 
 
 # --------------------------------------------------------------------------- rendering
@@ -718,48 +708,55 @@ def test_history_single_message_wording() -> None:
     assert TEXT.render(reply).startswith(b"* history r: 1 message\n")
 
 
-def test_render_is_deterministic() -> None:
-    for event, _, _ in RENDERED:
-        assert TEXT.render(event) == TEXT.render(event)
-        assert JSON.render(event) == JSON.render(event)
+def test_text_render_does_not_depend_on_the_local_time_zone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # history lines carry HH:MM:SS in UTC whatever the node's zone; POSIX TZ strings
+    # need no tz database: UTC+14 and UTC-3:30
+    try:
+        for zone, hour in (("KIR-14", 14), ("NST+3:30", 20)):
+            monkeypatch.setenv("TZ", zone)
+            time.tzset()
+            assert time.localtime(0).tm_hour == hour  # the zone is really in effect
+            for event, text, _ in RENDERED:
+                assert TEXT.render(event) == text
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
-def _json_fields(event: Event) -> dict[str, object]:
-    """What a JSON client should find, derived from the event's own fields."""
-    names = {"sender": "from", "messages": "messages", "rooms": "rooms", "nicks": "nicks",
-             "entries": "bans"}
-    fields: dict[str, object] = {}
-    for name in event.__dataclass_fields__:
-        value = getattr(event, name)
-        if name == "messages":
-            value = [
-                {k: v for k, v in _json_fields(m).items() if k != "ev"} for m in value
-            ]
-        elif name == "rooms" and isinstance(event, RoomsReply):
-            value = [{"room": room, "members": n} for room, n in value]
-        elif name == "nicks":
-            value = sorted(value, key=str.casefold)
-        elif name == "entries":
-            value = [{k: getattr(e, k) for k in e.__dataclass_fields__
-                      if getattr(e, k) is not None} for e in value]
-        elif isinstance(value, tuple):
-            value = list(value)
-        if value is None and not (isinstance(event, Ack) and name == "ref"):
-            continue
-        if name in ("action", "resumed", "reconnect") and value is False:
-            continue  # flags appear only when true
-        fields[names.get(name, name)] = value
-    return fields
+_ANY_TEXT = st.text(st.characters(codec="utf-8"), max_size=40)
+"""Any text a node can hold (it decodes UTF-8, so never a lone surrogate): newlines,
+U+2028, quotes, backslashes, control characters included."""
 
 
-@pytest.mark.parametrize(("event", "_text", "_json"), RENDERED)
-def test_json_round_trip(event: Event, _text: bytes, _json: bytes) -> None:
-    line = JSON.render(event)
-    assert line.endswith(b"\n")
-    assert line.count(b"\n") == 1
-    decoded = json.loads(line)
-    assert next(iter(decoded)) == "ev"
-    assert {k: v for k, v in decoded.items() if k != "ev"} == _json_fields(event)
+@given(a=_ANY_TEXT, b=_ANY_TEXT)
+def test_json_events_parse_back_to_what_was_rendered(a: str, b: str) -> None:
+    # what a JSON client does: cut at b"\n", json.loads each line
+    cases: list[tuple[Event, dict[str, object]]] = [
+        (Message(room=b, sender=a, text=b, id="1-0", ts=1.5),
+         {"ev": "msg", "room": b, "from": a, "text": b, "id": "1-0", "ts": 1.5}),
+        (Message(room="r", sender=a, text=b, id="2-0", ts=0.0, action=True),
+         {"ev": "msg", "room": "r", "from": a, "text": b, "id": "2-0", "ts": 0.0,
+          "action": True}),
+        (Private(sender=a, to=b, text=a + b, id="p-1", ts=2.0),
+         {"ev": "pm", "from": a, "to": b, "text": a + b, "id": "p-1", "ts": 2.0}),
+        (Error(code="bad-args", text=a, ref=b),
+         {"ev": "error", "code": "bad-args", "text": a, "ref": b}),
+        (Quitted(nick=a, reason=b), {"ev": "quit", "nick": a, "reason": b}),
+        (NickChanged(old=a, new=b), {"ev": "nick", "old": a, "new": b}),
+        (WhoReply(room="r", nicks=(a, b), ref=a),
+         {"ev": "who", "room": "r",
+          "nicks": sorted((a, b), key=lambda n: (n.casefold(), n)), "ref": a}),
+        (Notice(text=a), {"ev": "notice", "text": a}),
+    ]
+    for event, fields in cases:
+        line = JSON.render(event)
+        assert line.index(b"\n") == len(line) - 1  # one line, whatever the text holds
+        assert json.loads(line) == fields
+        if not isinstance(event, Notice):  # a notice may be several text lines
+            shown = TEXT.render(event)
+            assert shown.index(b"\n") == len(shown) - 1
+            assert b"\r" not in shown
 
 
 # --------------------------------------------------------------------------- connection
@@ -771,9 +768,29 @@ def test_text_mode_detected() -> None:
     assert conn.codec is TEXT
     conn = ServerConnection()
     assert conn.render(AskNick()) == b"* GET_NAME: choose a nickname\n"
-    assert conn.receive_data(b"\r\n  \nalice\n") == [Hello(nick="alice")]
+    assert conn.receive_data(b"\r\n  \nalice\n") == [BlankLine(), BlankLine(),
+                                                    Hello(nick="alice")]
     assert conn.mode == "text"
     assert conn.codec is TEXT
+
+
+def test_blank_lines_before_a_name_ask_again_and_choose_no_mode() -> None:
+    conn = ServerConnection()
+    assert conn.receive_data(b"\n") == [BlankLine()]
+    assert conn.receive_data(b" \t\r\n") == [BlankLine()]
+    assert (conn.mode, conn.registered) == ("pending", False)
+    assert conn.render(AskNick()) == b"* GET_NAME: choose a nickname\n"
+    # after a name in the same batch a blank line is parsed as registered: nothing (a
+    # refused name is asked for again anyway)
+    assert conn.receive_data(b"bad nick!\n\n") == [Hello(nick="bad nick!")]
+    assert conn.mode == "text"
+    assert conn.receive_data(b"\n") == [BlankLine()]  # the name was refused
+    assert conn.receive_data(b"alice\n\n/ping\n") == [Hello(nick="alice"), Ping()]
+    conn.registered = True
+    assert conn.receive_data(b"\n  \n") == []
+    json_conn = ServerConnection()
+    assert json_conn.receive_data(b'{"op":"hello","nick":"x"}\n\n') == [Hello(nick="x")]
+    assert json_conn.receive_data(b"\n") == []
 
 
 def test_json_mode_detected() -> None:
@@ -871,7 +888,8 @@ def test_one_byte_at_a_time_equals_whole() -> None:
         return describe(list(out))
 
     whole = run([data])
-    assert whole == [Hello(nick="x"), Say(text="hi", ref=3), BadJson, BadEncoding]
+    assert whole == [BlankLine(), Hello(nick="x"), Say(text="hi", ref=3), BadJson,
+                     BadEncoding]
     assert run([bytes([b]) for b in data]) == whole
 
 

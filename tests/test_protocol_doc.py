@@ -9,7 +9,7 @@ import node.errors as errors
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md"
 
 NOT_SENT = {"protocol-error", "command-error", "closed", "redis-misconfigured",
-            "bad-proxy-header"}
+            "bad-proxy-header", "startup"}
 """Codes of base classes and of errors that never reach a client."""
 
 

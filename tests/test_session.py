@@ -147,6 +147,25 @@ async def test_registration_timeout_closes_even_with_a_partial_line(
         assert node.local == {}
 
 
+async def test_an_empty_line_at_the_name_prompt_is_asked_again(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with running_node(fake_server) as node:
+        c = await LineClient.connect(port(node))
+        await c.expect("* GET_NAME")
+        await c.send("")  # Enter before any mode is chosen
+        assert await c.line() == "* GET_NAME: choose a nickname"
+        await c.send("not a nick!")  # text mode now; refused, asked again
+        await c.expect("* GET_NAME")
+        await c.send(" \t\r")  # whitespace only, CRLF
+        assert await c.line() == "* GET_NAME: choose a nickname"
+        await c.send("alice")
+        assert (await c.line()).startswith("* welcome alice")
+        await c.expect("* alice joined lobby")
+        await c.send("")  # once registered a blank line means nothing
+        await c.send("/ping")
+        assert await c.line() == "* pong"
+
+
 async def test_commands_before_registration_in_json_mode(
         fake_server: fakeredis.FakeServer) -> None:
     async with running_node(fake_server) as node:

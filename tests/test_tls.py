@@ -226,7 +226,9 @@ def test_a_node_refuses_to_start_on_files_it_cannot_load(tmp_path: Path, certs: 
 
     missing = str(tmp_path / "missing.pem")
     result = CliRunner().invoke(app, ["node", "--tls-cert", missing, "--tls-key", missing])
-    assert result.exit_code == 2 and "cannot load --tls-cert/--tls-key" in result.output
+    assert result.exit_code == 2
+    assert "cannot load the TLS certificate or key" in result.output
+    assert "(--tls-cert / HUBBUB_TLS_CERT, --tls-key / HUBBUB_TLS_KEY)" in result.output
     # a certificate with another key
     other = trustme.CA().issue_cert("localhost")
     other_key = tmp_path / "other-key.pem"

@@ -46,22 +46,24 @@ def node_flags() -> frozenset[str]:
     return frozenset(opt for p in group.commands["node"].params for opt in p.opts)
 
 
-def only_supported(**options: object) -> list[str]:
-    """``--flag value`` pairs for the options this build of the node has (``max_per_ip``
-    -> ``--max-per-ip``); the others are left out."""
+def node_options(**options: object) -> list[str]:
+    """``--flag value`` pairs for node options given by name (``max_per_ip`` ->
+    ``--max-per-ip``).  A name ``hubbub node`` does not know is an error: a renamed
+    option must fail the case, not let it run on the default."""
     flags = node_flags()
     out: list[str] = []
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
-        if flag in flags:
-            out += [flag, str(value)]
+        if flag not in flags:
+            raise ValueError(f"hubbub node has no option {flag}")
+        out += [flag, str(value)]
     return out
 
 
 def unthrottled(**overrides: object) -> list[str]:
     """No flood control and no per-address caps (the suite connects hundreds of clients
     from 127.0.0.1 and sends bursts), unless a case sets them."""
-    return only_supported(**{"rate": 0, "max_per_ip": 0, "conn_rate_per_ip": 0, **overrides})
+    return node_options(**{"rate": 0, "max_per_ip": 0, "conn_rate_per_ip": 0, **overrides})
 
 
 def base_args(*extra: str, **limits: object) -> tuple[str, ...]:

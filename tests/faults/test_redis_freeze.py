@@ -22,7 +22,7 @@ from .harness import (
     base_args,
     close_all,
     members,
-    only_supported,
+    node_options,
     out_of_order,
     seqs_from,
     start_nodes,
@@ -81,7 +81,7 @@ def outcome(m: Member, ref: int, since: float) -> tuple[str, float]:
 
 
 async def _run() -> Freeze:
-    outbox = only_supported(outbox_seconds=OUTBOX_SECONDS, outbox_max=1000)
+    outbox = node_options(outbox_seconds=OUTBOX_SECONDS, outbox_max=1000)
     async with redis_server() as (url, redis):
         nodes = await start_nodes(url, ["f1", "f2"], *base_args(*outbox))
         (_, port1), (_, port2) = nodes

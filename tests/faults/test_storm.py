@@ -16,7 +16,7 @@ from .harness import (
     close_all,
     connect,
     hello_outcome,
-    only_supported,
+    node_options,
     raise_nofile,
     redis_client,
     start_nodes,
@@ -36,7 +36,7 @@ async def test_reconnect_storm_all_registered_no_leaked_names() -> None:
     soft, hard = raise_nofile()
     assert soft >= 2 * CLIENTS + 200, f"open-file limit {soft} too small for the storm"
     # with per-address caps in this build, generous ones (250 per address arrive at once)
-    caps = only_supported(max_per_ip=400, conn_rate_per_ip=2000, conn_burst_per_ip=400)
+    caps = node_options(max_per_ip=400, conn_rate_per_ip=2000, conn_burst_per_ip=400)
     async with redis_server() as (url, _), redis_client(url) as r:
         nodes = await start_nodes(url, ["storm"], *base_args(*caps))
         [(node, port)] = nodes

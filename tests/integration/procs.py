@@ -144,6 +144,26 @@ async def start_node(redis_url: str, node_id: str, *args: str,
     return proc, port
 
 
+async def hubbub_exit(*args: str, timeout: float = START_TIMEOUT,
+                      env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run ``hubbub ARGS`` (the venv's console script) to its end: (exit status, stdout
+    and stderr).  A command still running after ``timeout`` is killed and fails the
+    test (a mistake it should have refused)."""
+    binary = os.path.join(os.path.dirname(sys.executable), "hubbub")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HUBBUB_")}
+    child = await asyncio.create_subprocess_exec(
+        binary, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={**base, **(env or {}), "PYTHONUNBUFFERED": "1"})
+    try:
+        async with asyncio.timeout(timeout):
+            out, _ = await child.communicate()
+    except TimeoutError:
+        child.kill()
+        out, _ = await child.communicate()
+        pytest.fail(f"hubbub {' '.join(args)} still ran after {timeout} s:\n{out.decode()}")
+    return child.returncode or 0, out.decode(errors="replace")
+
+
 async def account_cli(*args: str, url: str, stdin: bytes = b"") -> tuple[int, str]:
     """Run ``hubbub account ARGS --redis-url URL``; its exit status and output."""
     child = await asyncio.create_subprocess_exec(

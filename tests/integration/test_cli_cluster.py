@@ -16,6 +16,8 @@ from cli.cluster import LISTEN_PORTS
 from ..helpers import text_user
 from .procs import Proc, require_binary
 
+pytestmark = pytest.mark.redis_server
+
 
 def consecutive_free_ports(n: int) -> int:
     """A base port such that base .. base+n-1 are all free right now."""

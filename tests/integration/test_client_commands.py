@@ -6,10 +6,14 @@ import asyncio
 import os
 import sys
 
+import pytest
+
 from cli.cluster import free_port
 
 from ..helpers import json_user
 from .procs import redis_server, start_node
+
+pytestmark = pytest.mark.redis_server
 
 
 async def hubbub(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:

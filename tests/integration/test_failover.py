@@ -14,6 +14,8 @@ import pytest
 from ..helpers import json_user
 from .procs import Proc, redis_server, start_node
 
+pytestmark = pytest.mark.redis_server
+
 MSG = re.compile(r"^\[lobby\] bob: m(\d+)$")
 
 

@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SPARE = 8
 """Descriptors the node may still open once its limit is lowered."""
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(),
-                                reason="needs /proc to count a process's descriptors")
+pytestmark = [pytest.mark.redis_server,  # a node subprocess (on fakeredis): not the fast set
+              pytest.mark.skipif(not Path("/proc/self/fd").is_dir(),
+                                 reason="needs /proc to count a process's descriptors")]
 
 
 @contextlib.asynccontextmanager

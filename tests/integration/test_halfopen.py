@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BOUND = 1 + 1 * 2
 """idle + interval x count of the probe's node (seconds)."""
 
+pytestmark = pytest.mark.redis_server
+
 
 async def run_probe(mode: str) -> dict[str, object]:
     for tool in ("unshare", "nft", "ip"):

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from cli.cluster import free_port
+
 from ..helpers import JsonClient, LineClient, json_user, registered_user, text_user
-from .procs import account_cli, is_event, log_events, redis_server, start_node
+from .procs import account_cli, hubbub_exit, is_event, log_events, redis_server, start_node
 
 pytestmark = pytest.mark.redis_server
 
@@ -100,14 +102,13 @@ async def test_a_node_runs_on_the_documented_acl_and_a_lesser_user_is_refused() 
                 assert not any(is_event("relay subscribed")(s) for s in weak.lines)
             finally:
                 await weak.stop()
-            # and a wrong password is refused outright
-            wrong, _ = await start_node(with_user(url, "hubbub", "wrong"), "acl-wrong",
-                                        wait_ready=False)
-            try:
-                line = await wrong.wait_line(is_event("relay subscription lost"))
-                assert "WRONGPASS" in line or "invalid username-password" in line
-            finally:
-                await wrong.stop()
+            # and a wrong password is refused outright: the node does not start
+            code, out = await hubbub_exit(
+                "node", "--host", "127.0.0.1", "--port", str(free_port()), "--node-id",
+                "acl-wrong", "--redis-url", with_user(url, "hubbub", "not-the-password"))
+            assert code == 2, out
+            assert "invalid username-password" in out and "(--redis-url" in out, out
+            assert "not-the-password" not in out and "Traceback" not in out, out
         finally:
             await admin.aclose()
 
