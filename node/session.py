@@ -138,6 +138,18 @@ _READ_AHEAD = 64 * 1024
 """Received bytes not yet handled at which the session stops reading its socket."""
 
 
+def _departed_late(leaving: asyncio.Future[None]) -> None:
+    """A departure that outlasted the session's cleanup finished (or failed: then the
+    relay retries it and says so itself)."""
+    if leaving.cancelled():
+        return
+    exc = leaving.exception()
+    if exc is None:
+        log.info("deferred departure done", after="a slow release")
+    elif not isinstance(exc, RelayUnavailable):
+        log.error("departure failed", error=describe(exc))
+
+
 class _Said:
     """A message of this session on its way to Redis: its ref, then its id or error."""
 
@@ -432,14 +444,17 @@ class Session(asyncio.Protocol):
     async def _cleanup(self) -> None:
         try:
             if self.registered:
+                leaving = asyncio.ensure_future(self.node.unregister(self))
                 try:
                     async with asyncio.timeout(self.node.config.redis_timeout * 2):
                         # shielded: a cancelled session still leaves its rooms and frees
                         # its name; the cancellation itself goes on after the finally
-                        await asyncio.shield(self.node.unregister(self))
+                        await asyncio.shield(leaving)
                 except (RelayUnavailable, TimeoutError) as exc:
                     log.warning("could not release name now; retrying in the background",
                                 error=describe(exc))
+                    if not leaving.done():  # slow, not failed: it goes on by itself
+                        leaving.add_done_callback(_departed_late)
         finally:
             self._flush()
             assert self.transport is not None

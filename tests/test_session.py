@@ -9,10 +9,19 @@ from typing import Any
 
 import fakeredis
 import pytest
+from structlog.testing import capture_logs
 
 from node.server import ChatNode
 
-from .helpers import TIMEOUT, JsonClient, LineClient, json_user, running_node, text_user
+from .helpers import (
+    TIMEOUT,
+    JsonClient,
+    LineClient,
+    json_user,
+    running_node,
+    text_user,
+    wait_until,
+)
 
 
 def port(node: ChatNode) -> int:
@@ -441,3 +450,30 @@ async def test_a_connection_costs_one_task(fake_server: fakeredis.FakeServer) ->
         for c in clients:
             await c.expect("* GET_NAME")
         assert len(asyncio.all_tasks()) - before == 10
+
+
+async def test_a_departure_slower_than_the_cleanup_says_when_it_is_done(
+        fake_server: fakeredis.FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cleanup waits 2 x --redis-timeout for the departure, then logs that it goes on
+    in the background; the departure goes on, and its end is logged like a retried one's
+    (operators and the reconnect-storm fault case count on that line)."""
+    async with running_node(fake_server, redis_timeout=0.1) as node:
+        c = await text_user(node.port or 0, "slowpoke")
+        gate = asyncio.Event()
+        unregister = node.unregister
+
+        async def slow(s: Any) -> None:
+            await gate.wait()
+            await unregister(s)
+
+        monkeypatch.setattr(node, "unregister", slow)
+        with capture_logs() as logs:
+            await c.send("/quit")
+            await c.closed()
+            await wait_until(lambda: any(e["event"].startswith("could not release")
+                                         for e in logs))
+            assert not any(e["event"] == "deferred departure done" for e in logs)
+            gate.set()
+            await wait_until(lambda: any(e["event"] == "deferred departure done"
+                                         for e in logs))
+        assert await node.relay.lookup("slowpoke") is None
