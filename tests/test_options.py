@@ -4,6 +4,7 @@ its help lists, what builds the NodeConfig, and what errors and other commands n
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 
 import cli.main
 import cli.run_node
+from cli.cluster import node_command
 from cli.main import app
 from cli.options import (
     NODE_OPTIONS,
@@ -155,3 +157,16 @@ def test_node_args_spell_options_by_name() -> None:
         "--max-per-ip", "0", "--lease-ttl", "2.0", "--log-json"]
     with pytest.raises(KeyError):
         node_args(max_per_address=0)
+
+
+def test_a_local_node_command_is_what_the_node_takes(started: list[NodeConfig]) -> None:
+    argv = node_command(5061, 8091, "redis://127.0.0.1:7000/0", "node1", lease_ttl=2.0,
+                        rate=0)
+    assert argv[:4] == [sys.executable, "-m", "cli", "node"]
+    result = CliRunner().invoke(app, argv[3:], env={})
+    assert result.exit_code == 0, result.output
+    (config,) = started
+    assert (config.host, config.port, config.http_host, config.http_port) == (
+        "127.0.0.1", 5061, "127.0.0.1", 8091)
+    assert (config.redis_url, config.node_id, config.lease_ttl, config.rate) == (
+        "redis://127.0.0.1:7000/0", "node1", 2.0, 0)
