@@ -24,7 +24,9 @@ from pathlib import Path
 
 import typer
 
-__all__ = ["free_port", "run_cluster", "start_redis_server", "wait_for_port"]
+from .options import node_args
+
+__all__ = ["free_port", "node_command", "run_cluster", "start_redis_server", "wait_for_port"]
 
 
 LISTEN_PORTS = range(20000, 32000)
@@ -109,11 +111,13 @@ def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
         _stop(proc, 12, signalled=True)
 
 
-def _node_command(port: int, http_port: int, redis_url: str, node_id: str,
-                  lease_ttl: float) -> list[str]:
-    return [sys.executable, "-m", "cli", "node", "--host", "127.0.0.1", "--port", str(port),
-            "--http-host", "127.0.0.1", "--http-port", str(http_port),
-            "--redis-url", redis_url, "--node-id", node_id, "--lease-ttl", str(lease_ttl)]
+def node_command(port: int, http_port: int, redis_url: str, node_id: str,
+                 **options: object) -> list[str]:
+    """The command line of a ``hubbub node`` on loopback, with its HTTP endpoint and any
+    further options by name."""
+    return [sys.executable, "-m", "cli", "node", *node_args(
+        host="127.0.0.1", port=port, http_host="127.0.0.1", http_port=http_port,
+        redis_url=redis_url, node_id=node_id, **options)]
 
 
 def _error(text: str) -> int:
@@ -195,7 +199,7 @@ def run_cluster(*, nodes: int, base_port: int, redis_url: str | None, lease_ttl:
         for i in range(nodes):
             port = base_port + i
             procs.append(subprocess.Popen(
-                _node_command(port, http_ports[i], redis_url, f"node{i + 1}", lease_ttl),
+                node_command(port, http_ports[i], redis_url, f"node{i + 1}", lease_ttl=lease_ttl),
                 env=env,
                 cwd=cwd, start_new_session=True))
         for i, proc in enumerate(procs):

@@ -4,34 +4,24 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
-import typer.core
-import typer.main
-
-from cli.main import app
+from cli.options import NODE_OPTIONS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "OPERATIONS.md"
 
 
-def _node_options() -> list[Any]:
-    group: Any = typer.main.get_command(app)
-    return [p for p in group.commands["node"].params
-            if isinstance(p, typer.core.TyperOption) and p.name != "help"]
-
-
 def test_every_node_option_and_its_variable_are_in_the_reference() -> None:
+    """The table the command is made from (tests/test_options.py: they are the same)."""
     doc = DOC.read_text()
-    options = _node_options()
-    assert len(options) > 20
+    assert len(NODE_OPTIONS) > 20
     missing = []
-    for param in options:
-        flag = max(param.opts, key=len)
-        envvar = param.envvar if isinstance(param.envvar, str) else None
-        row = re.search(rf"^\| `{re.escape(flag)}` \| `{envvar}` \|", doc, re.M)
-        if envvar is None or row is None:
-            missing.append(f"{flag} ({envvar})")
+    for option in NODE_OPTIONS:
+        row = re.search(rf"^\| `{re.escape(option.flag)}` \| `{option.envvar}` \|", doc, re.M)
+        if row is None:
+            missing.append(f"{option.flag} ({option.envvar})")
     assert not missing, f"document these `hubbub node` options in {DOC.name}: {missing}"
+    rows = re.findall(r"^\| `(--[a-z-]+)` \| `HUBBUB_", doc, re.M)
+    assert rows == [option.flag for option in NODE_OPTIONS], "one row each, in --help's order"
 
 
 def test_client_variables_are_documented() -> None:
@@ -50,18 +40,18 @@ def _documented(value: object) -> str:
 def test_every_documented_default_is_the_real_one() -> None:
     doc = DOC.read_text()
     wrong = []
-    for param in _node_options():
-        flag = max(param.opts, key=len)
+    for option in NODE_OPTIONS:
+        flag, default = option.flag, option.value_default
         row = re.search(rf"^\| `{re.escape(flag)}` \| `[^`]*` \| ([^|]*) \|", doc, re.M)
-        if row is None or param.default is None:
+        if row is None or default is None:
             continue  # missing rows: the test above; None: computed (the node id)
         cell = row.group(1).strip()
-        if param.default == "":  # nothing given: the reference says what happens instead
+        if default == "":  # nothing given: the reference says what happens instead
             ok = not cell.startswith("`")
-        elif isinstance(param.default, float) and cell.startswith("`"):
-            ok = float(cell.strip("`")) == param.default
+        elif isinstance(default, float) and cell.startswith("`"):
+            ok = float(cell.strip("`")) == default
         else:
-            ok = cell == _documented(param.default)
+            ok = cell == _documented(default)
         if not ok:
-            wrong.append(f"{flag}: documented {cell}, really {param.default!r}")
+            wrong.append(f"{flag}: documented {cell}, really {default!r}")
     assert not wrong, f"fix these defaults in {DOC.name}: {wrong}"

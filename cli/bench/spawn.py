@@ -27,15 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ..cluster import free_port
+from ..cluster import free_port, node_command
 from .sysinfo import cpu_seconds, raise_open_files, rss_bytes
 
 __all__ = ["BaselineServer", "LocalCluster", "NodeInfo", "Probe", "scrape_metrics"]
 
 START_TIMEOUT = 30.0
 _ROOT = str(Path(__file__).resolve().parents[2])
-NODE_LIMITS_OFF = ("--rate", "0", "--max-per-ip", "0", "--conn-rate-per-ip", "0",
-                   "--max-connections", "0")
+NODE_LIMITS_OFF = {"rate": 0, "max_per_ip": 0, "conn_rate_per_ip": 0, "max_connections": 0}
 
 
 @dataclass(slots=True)
@@ -257,10 +256,10 @@ class LocalCluster:
         for i in range(self.count):
             port, http = free_port(), free_port()
             proc = await self._procs.start(
-                f"node{i + 1}", sys.executable, "-m", "cli", "node", "--host", "127.0.0.1",
-                "--port", str(port), "--http-host", "127.0.0.1", "--http-port", str(http),
-                "--redis-url", self.probe.redis_url, "--node-id", f"bench{i + 1}",
-                "--log-json", *NODE_LIMITS_OFF, *self.node_args)
+                f"node{i + 1}", *node_command(port, http, self.probe.redis_url,
+                                              f"bench{i + 1}", log_json=True,
+                                              **NODE_LIMITS_OFF),
+                *self.node_args)
             procs.append(proc)
             self.probe.nodes.append(NodeInfo("127.0.0.1", port, ("127.0.0.1", http), proc.pid))
         for i, (node, proc) in enumerate(zip(self.probe.nodes, procs, strict=True)):
