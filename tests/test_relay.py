@@ -7,7 +7,7 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import fakeredis
 import pytest
@@ -24,49 +24,8 @@ from node.config import NodeConfig
 from node.errors import NoSuchNick, RelayRefused, RelayUnavailable
 from node.relay import ClaimResult, NameInfo, Relay
 
-TIMEOUT = 5.0
-
-T = TypeVar("T")
-
-
-class Sink:
-    """Records what a relay reports; ``wait_for`` waits for a condition, never a delay."""
-
-    def __init__(self) -> None:
-        self.envelopes: list[env.Envelope] = []
-        self.lost: list[str] = []
-        self.resubscribed = 0
-        self.resets = 0
-        self._changed = asyncio.Event()
-
-    def on_envelope(self, envelope: env.Envelope) -> None:
-        self.envelopes.append(envelope)
-        self._changed.set()
-
-    def on_lease_lost(self, folded: str) -> None:
-        self.lost.append(folded)
-        self._changed.set()
-
-    def on_resubscribed(self) -> None:
-        self.resubscribed += 1
-        self._changed.set()
-
-    def on_redis_reset(self) -> None:
-        self.resets += 1
-        self._changed.set()
-
-    async def wait_for(self, done: Callable[[], bool]) -> None:
-        async with asyncio.timeout(TIMEOUT):
-            while not done():
-                self._changed.clear()
-                await self._changed.wait()
-
-    def of_type(self, kind: type[T]) -> list[T]:
-        return [e for e in self.envelopes if isinstance(e, kind)]
-
-
-def config(node_id: str, **overrides: Any) -> NodeConfig:
-    return NodeConfig(node_id=node_id, lease_ttl=15.0, redis_timeout=1.0, **overrides)
+from .relaykit import TIMEOUT, Sink, config
+from .relaykit import running as run_loops
 
 
 @pytest.fixture
@@ -99,18 +58,9 @@ async def raw(server: fakeredis.FakeServer) -> AsyncIterator[fakeredis.FakeAsync
     await client.aclose()
 
 
-@contextlib.asynccontextmanager
-async def running(relay: Relay) -> AsyncIterator[None]:
+def running(relay: Relay) -> contextlib.AbstractAsyncContextManager[None]:
     """The relay's listener, renewer and reaper, in a task cancelled on exit."""
-    task = asyncio.create_task(relay.run())
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            await relay.wait_ready()
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return run_loops(relay.run, ready=relay.wait_ready)
 
 
 def info(relay: Relay, nick: str, rooms: tuple[str, ...] = ()) -> NameInfo:
