@@ -1,4 +1,4 @@
-"""Publishing room messages for one node: rounds, the outbox, deadlines.
+"""Publishing for one node: room messages (rounds, the outbox, deadlines), direct messages.
 
 Theory of operation
 -------------------
@@ -14,6 +14,9 @@ Theory of operation
   one queued behind them, into the **outbox** (``outbox_seconds``, ``outbox_max``),
   retried in order with backoff; past either bound the sender gets RelayUnavailable.
   Nothing is dropped without its sender knowing.
+* **Direct publishes** (a private message or an operator's sanction for the node holding
+  its target, an address ban for every node) are one PUBLISH each, on the node's or the
+  events channel: nothing is stored, and a channel nobody listens to is reported.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from . import envelope as env
 from . import scripts
 from .backoff import backoff
 from .config import NodeConfig
-from .errors import RelayRefused, RelayUnavailable
+from .errors import NoSuchNick, RelayRefused, RelayUnavailable
 from .keys import Keys
 from .pause import pause
 from .redis_errors import transient, translated, unavailable
@@ -92,7 +95,7 @@ class PublishStats:
 
 
 class Publisher:
-    """Publishes one node's room messages (see the module docstring)."""
+    """Publishes one node's room and direct messages (see the module docstring)."""
 
     def __init__(self, redis: Redis, config: NodeConfig, keys: Keys,
                  clock: Callable[[], float] = time.time) -> None:
@@ -258,6 +261,27 @@ class Publisher:
             log.warning("this node's clock differs from Redis's; message deadlines follow "
                         "Redis's clock", offset_seconds=round(self.clock_offset, 3))
         self._clock_warned = skewed
+
+    async def private(self, msg: env.DirectMsg, node: str) -> None:
+        """Publish a private message to the node holding its recipient."""
+        async with translated("pm"):
+            receivers = await self._redis.publish(self.keys.node_channel(node), msg.serialize())
+        if not receivers:
+            raise NoSuchNick(f"{msg.to} is not online")
+        self.stats.published += 1
+
+    async def sanction(self, sanction: env.Sanction, node: str) -> bool:
+        """Send an operator's kick/ban/mute to the node holding its target (the private
+        message path); False when no node received it."""
+        async with translated("sanction"):
+            receivers = await self._redis.publish(self.keys.node_channel(node),
+                                                  sanction.serialize())
+        return bool(receivers)
+
+    async def broadcast(self, sanction: env.Sanction) -> None:
+        """Send an operator's action to every node (an address ban)."""
+        async with translated("sanction"):
+            await self._redis.publish(self.keys.events, sanction.serialize())
 
     async def _publish_once(self, msg: env.RoomMsg, once: str,
                             deadline_ms: int | None = None) -> str:

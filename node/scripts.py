@@ -1,6 +1,7 @@
 """Lua scripts: every step that must be atomic runs as one script in one hash slot.
 
-Name scripts touch only ``{nicks}`` keys; the publish script only one room's keys.  Every
+Name scripts touch only ``{nicks}`` keys; the publish script only one room's keys; the
+stores' scripts (accounts, throttles) only ``{accounts}`` or ``{auth}`` keys.  Every
 key a script touches is passed in KEYS (Redis Cluster requires it).  Nothing a user typed
 ever becomes Lua source: it arrives as ARGV.
 
@@ -14,8 +15,8 @@ a script is a constant, never spliced together.
 
 from __future__ import annotations
 
-__all__ = ["CLAIM", "PUBLISH_MSG", "REAP", "RELEASE", "RENAME", "RENEW", "RESUME",
-           "ROOM_EVENT", "UPDATE_INFO"]
+__all__ = ["ATTEMPT", "CLAIM", "PUBLISH_MSG", "REAP", "REFUND", "RELEASE", "RENAME", "RENEW",
+           "RESUME", "ROOM_EVENT", "SET_IF_SAME", "UPDATE_INFO"]
 
 # KEYS: nicks, lease, info, owned(node), nodes, alive(node)
 # ARGV: folded, token, ttl_ms, info_json, node_id
@@ -250,4 +251,48 @@ end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
 redis.call('PUBLISH', KEYS[3], '{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2))
 return id
+"""
+
+
+# --------------------------------------------------------------------------- the stores'
+
+# KEYS: accounts.  ARGV: folded, the entry as read, the new entry
+# Compare-and-set of an account entry: a concurrent change or delete is not overwritten.
+SET_IF_SAME = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+# KEYS: per-name counter, per-address counter.  ARGV: name cap, address cap, window ms
+# (a cap of 0 leaves that counter alone).  -> 0: admitted and charged; otherwise the
+# milliseconds until the counter at its cap expires (the attempt is refused unchecked).
+ATTEMPT = """
+for i, key in ipairs(KEYS) do
+  local cap = tonumber(ARGV[i])
+  if cap > 0 and tonumber(redis.call('GET', key) or '0') >= cap then
+    local left = redis.call('PTTL', key)
+    if left < 0 then redis.call('PEXPIRE', key, ARGV[3]); left = tonumber(ARGV[3]) end
+    return left
+  end
+end
+for i, key in ipairs(KEYS) do
+  if tonumber(ARGV[i]) > 0 then
+    if redis.call('INCR', key) == 1 then redis.call('PEXPIRE', key, ARGV[3]) end
+  end
+end
+return 0
+"""
+
+# KEYS: per-name counter, per-address counter.  ARGV: name cap, address cap.
+# A successful attempt gives back what ATTEMPT charged.
+REFUND = """
+for i, key in ipairs(KEYS) do
+  if tonumber(ARGV[i]) > 0 and tonumber(redis.call('GET', key) or '0') > 0 then
+    redis.call('DECR', key)
+  end
+end
+return 0
 """

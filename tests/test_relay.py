@@ -7,7 +7,7 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import fakeredis
 import pytest
@@ -24,49 +24,8 @@ from node.config import NodeConfig
 from node.errors import NoSuchNick, RelayRefused, RelayUnavailable
 from node.relay import ClaimResult, NameInfo, Relay
 
-TIMEOUT = 5.0
-
-T = TypeVar("T")
-
-
-class Sink:
-    """Records what a relay reports; ``wait_for`` waits for a condition, never a delay."""
-
-    def __init__(self) -> None:
-        self.envelopes: list[env.Envelope] = []
-        self.lost: list[str] = []
-        self.resubscribed = 0
-        self.resets = 0
-        self._changed = asyncio.Event()
-
-    def on_envelope(self, envelope: env.Envelope) -> None:
-        self.envelopes.append(envelope)
-        self._changed.set()
-
-    def on_lease_lost(self, folded: str) -> None:
-        self.lost.append(folded)
-        self._changed.set()
-
-    def on_resubscribed(self) -> None:
-        self.resubscribed += 1
-        self._changed.set()
-
-    def on_redis_reset(self) -> None:
-        self.resets += 1
-        self._changed.set()
-
-    async def wait_for(self, done: Callable[[], bool]) -> None:
-        async with asyncio.timeout(TIMEOUT):
-            while not done():
-                self._changed.clear()
-                await self._changed.wait()
-
-    def of_type(self, kind: type[T]) -> list[T]:
-        return [e for e in self.envelopes if isinstance(e, kind)]
-
-
-def config(node_id: str, **overrides: Any) -> NodeConfig:
-    return NodeConfig(node_id=node_id, lease_ttl=15.0, redis_timeout=1.0, **overrides)
+from .relaykit import TIMEOUT, Sink, config
+from .relaykit import running as run_loops
 
 
 @pytest.fixture
@@ -99,18 +58,9 @@ async def raw(server: fakeredis.FakeServer) -> AsyncIterator[fakeredis.FakeAsync
     await client.aclose()
 
 
-@contextlib.asynccontextmanager
-async def running(relay: Relay) -> AsyncIterator[None]:
+def running(relay: Relay) -> contextlib.AbstractAsyncContextManager[None]:
     """The relay's listener, renewer and reaper, in a task cancelled on exit."""
-    task = asyncio.create_task(relay.run())
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            await relay.wait_ready()
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return run_loops(relay.run, ready=relay.wait_ready)
 
 
 def info(relay: Relay, nick: str, rooms: tuple[str, ...] = ()) -> NameInfo:
@@ -171,7 +121,7 @@ def failing(times: int, real: Callable[..., Any]) -> Callable[..., Any]:
 async def test_a_claim_is_tried_again_while_redis_is_briefly_away(
         make_relay: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     a, _ = make_relay("node-a")
-    monkeypatch.setattr(a, "_claim", failing(2, a._claim))
+    monkeypatch.setattr(a.leases, "_claim", failing(2, a.leases._claim))
     assert (await a.claim("alice", info(a, "alice"))).ok
     assert a.stats.claim_retries == 2
 
@@ -189,11 +139,11 @@ async def test_a_departure_redis_cannot_take_is_finished_in_the_background(
         await leave_all(folded, nick, rooms, reason)
         quits.append(nick)
 
-    monkeypatch.setattr(a, "leave_all", failing(1, counted))
+    monkeypatch.setattr(a.leases, "_leave_rooms", failing(1, counted))
     with pytest.raises(RelayUnavailable):
         await a.depart("alice", alice.token, "alice", ["lobby"], "bye")
-    assert a._departing is not None
-    await asyncio.wait_for(a._departing, TIMEOUT)
+    assert a.leases._departing is not None
+    await asyncio.wait_for(a.leases._departing, TIMEOUT)
     assert quits == ["alice"]  # announced once, by the retry
     assert await a.lookup("alice") is None
     assert not await raw.hexists(a.keys.members("lobby"), "alice")
@@ -219,7 +169,7 @@ async def test_a_deferred_departure_leaves_alone_a_name_someone_else_took(
             raise RelayUnavailable("away") from redis.exceptions.ConnectionError("reset")
         await leave_all(*args)
 
-    monkeypatch.setattr(a, "leave_all", blocked)
+    monkeypatch.setattr(a.leases, "_leave_rooms", blocked)
     departing = asyncio.create_task(a.depart("alice", old.token, "alice", ["lobby"], None))
     # meanwhile a's lease ran out and b's user took the name and joined the same room
     await raw.delete(a.keys.lease("alice"))
@@ -229,8 +179,8 @@ async def test_a_deferred_departure_leaves_alone_a_name_someone_else_took(
     gate.set()
     with pytest.raises(RelayUnavailable):
         await departing
-    assert a._departing is not None
-    await asyncio.wait_for(a._departing, TIMEOUT)
+    assert a.leases._departing is not None
+    await asyncio.wait_for(a.leases._departing, TIMEOUT)
     assert calls == 1  # no second leave, no quit about b's user
     assert await b.lookup("alice") == new
     assert await raw.hget(a.keys.members("lobby"), "alice") == b"Alice"
@@ -788,7 +738,7 @@ async def test_a_relay_loop_that_fails_unexpectedly_is_logged_and_restarted(
         restarted.set()
         await asyncio.Event().wait()
 
-    monkeypatch.setattr(relay, "_reap_loop", flaky_reap_loop)
+    monkeypatch.setattr(relay.leases, "reap_loop", flaky_reap_loop)
     async with running(relay):
         async with asyncio.timeout(TIMEOUT):
             await restarted.wait()
@@ -811,13 +761,13 @@ async def test_a_transport_error_in_the_canary_round_is_not_fatal(
 
     monkeypatch.setattr(relay._redis, "publish", publish)
     back = asyncio.Event()
-    canary_back = relay._canary_back
+    canary_back = relay.bus._canary_back
 
     def seen(canary: env.Canary) -> None:
         canary_back(canary)
         back.set()
 
-    monkeypatch.setattr(relay, "_canary_back", seen)
+    monkeypatch.setattr(relay.bus, "_canary_back", seen)
     async with running(relay):
         async with asyncio.timeout(TIMEOUT):
             await failed.wait()
@@ -913,7 +863,7 @@ async def stream_texts(raw: Any, relay: Relay, room: str = "lobby") -> list[str]
 async def test_messages_submitted_together_share_one_round_trip_in_order(
         make_relay: Any, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     relay, _ = make_relay("n1")
-    await relay._load_scripts()
+    await relay.bus.load_scripts()
     rounds = Rounds(relay, monkeypatch)
     msgs = interleaved(says("ann", 20), says("bob", 20), says("cy", 20))
     results = await submit_all(relay, msgs)
@@ -928,7 +878,7 @@ async def test_messages_submitted_together_share_one_round_trip_in_order(
 async def test_messages_submitted_during_a_round_go_in_the_next(
         make_relay: Any, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     relay, _ = make_relay("n1")
-    await relay._load_scripts()
+    await relay.bus.load_scripts()
     rounds = Rounds(relay, monkeypatch)
     first, later = says("ann", 3), says("bob", 5)
     told: list[str | RelayUnavailable] = []
@@ -947,7 +897,7 @@ async def test_a_failed_round_waits_in_the_outbox_and_is_published_once_in_order
     """Redis unreachable before the round ran, or the round ran and its reply was lost:
     either way every message is published exactly once, in order, with its first id."""
     relay, _ = make_relay("n1")
-    await relay._load_scripts()
+    await relay.bus.load_scripts()
     rounds = Rounds(relay, monkeypatch)
     rounds.fail = [how, "before"]  # and the first retry fails too
     msgs = interleaved(says("ann", 10), says("bob", 10))
@@ -962,7 +912,7 @@ async def test_a_failed_round_waits_in_the_outbox_and_is_published_once_in_order
 async def test_a_failed_round_without_an_outbox_refuses_each_message(
         make_relay: Any, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     relay, _ = make_relay("n1", outbox_seconds=0)
-    await relay._load_scripts()
+    await relay.bus.load_scripts()
     rounds = Rounds(relay, monkeypatch)
     rounds.fail = ["before"]
     results = await submit_all(relay, says("ann", 4))
@@ -976,7 +926,7 @@ async def test_a_failed_round_without_an_outbox_refuses_each_message(
 async def test_a_full_outbox_refuses_the_newest_messages_of_a_failed_round(
         make_relay: Any, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     relay, _ = make_relay("n1", outbox_max=3)
-    await relay._load_scripts()
+    await relay.bus.load_scripts()
     rounds = Rounds(relay, monkeypatch)
     rounds.fail = ["before"]
     msgs = says("ann", 5)
@@ -989,7 +939,7 @@ async def test_a_full_outbox_refuses_the_newest_messages_of_a_failed_round(
 async def test_messages_held_in_the_outbox_expire_with_relay_unavailable(
         make_relay: Any, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     relay, _ = make_relay("n1", outbox_seconds=0.05)
-    await relay._load_scripts()
+    await relay.bus.load_scripts()
     rounds = Rounds(relay, monkeypatch)
     rounds.fail = ["before"] * 1000
     results = await submit_all(relay, says("ann", 3))
@@ -1001,7 +951,7 @@ async def test_messages_held_in_the_outbox_expire_with_relay_unavailable(
 async def test_a_message_redis_refuses_fails_alone(make_relay: Any, raw: Any,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     relay, _ = make_relay("n1")
-    await relay._load_scripts()
+    await relay.bus.load_scripts()
     rounds = Rounds(relay, monkeypatch)
     await raw.set(relay.keys.history("broken"), "not a stream")  # XADD: WRONGTYPE
     msgs = [*says("ann", 2), *says("ann", 1, room="broken"), *says("bob", 2)]
@@ -1029,7 +979,7 @@ async def test_a_redis_that_forgot_the_script_is_sent_it_again(
 async def test_a_round_carries_at_most_publish_batch_messages(
         make_relay: Any, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     relay, _ = make_relay("n1", publish_batch=4)
-    await relay._load_scripts()
+    await relay.bus.load_scripts()
     rounds = Rounds(relay, monkeypatch)
     msgs = says("ann", 10)
     results = await submit_all(relay, msgs)
@@ -1042,7 +992,7 @@ async def test_a_round_that_fails_unexpectedly_answers_every_sender(
         make_relay: Any, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug in a round (not a Redis failure) must not leave its senders waiting."""
     relay, _ = make_relay("n1")
-    await relay._load_scripts()
+    await relay.bus.load_scripts()
     real = relay._redis.pipeline
     calls = 0
 

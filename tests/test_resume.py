@@ -20,8 +20,8 @@ from node.errors import BadArguments
 from node.keys import Keys
 from node.names import check_token
 from node.relay import NameInfo, Relay
-from node.security import Account
 from node.server import ChatNode
+from node.stores import Account
 
 from .helpers import JsonClient, json_user, running_node
 

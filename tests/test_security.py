@@ -14,8 +14,9 @@ from structlog.testing import capture_logs
 
 from node.errors import AuthBusy, AuthThrottled
 from node.keys import Keys
-from node.security import Hasher, Throttle
+from node.security import Hasher
 from node.server import ChatNode
+from node.stores import Throttle
 
 from .helpers import (
     JsonClient,
