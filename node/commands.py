@@ -75,6 +75,7 @@ from .model import (
     Who,
     WhoReply,
 )
+from .moderation import Moderation
 from .names import (
     check_message_id,
     check_nick,
@@ -129,6 +130,7 @@ class Services:
     hub: Hub
     identity: Identity
     security: Security
+    moderation: Moderation
 
 
 Handler = Callable[[Services, Member, Any], Awaitable[env.RoomMsg | None]]
@@ -357,12 +359,12 @@ COMMANDS: dict[type, Spec] = {
     Password: Spec(lambda s, m, c: s.security.password(m, c), unregistered=True, throttled=True),
     Oper: Spec(lambda s, m, c: s.security.oper(m, c)),
     # operators
-    Kick: Spec(lambda s, m, c: s.security.kick(m, c), operator=True),
-    Ban: Spec(lambda s, m, c: s.security.ban(m, c), operator=True),
-    Unban: Spec(lambda s, m, c: s.security.unban(m, c), operator=True),
-    Mute: Spec(lambda s, m, c: s.security.mute(m, c), operator=True),
-    Unmute: Spec(lambda s, m, c: s.security.unmute(m, c), operator=True),
-    Bans: Spec(lambda s, m, c: s.security.bans(m, c), operator=True),
+    Kick: Spec(lambda s, m, c: s.moderation.kick(m, c), operator=True),
+    Ban: Spec(lambda s, m, c: s.moderation.ban(m, c), operator=True),
+    Unban: Spec(lambda s, m, c: s.moderation.unban(m, c), operator=True),
+    Mute: Spec(lambda s, m, c: s.moderation.mute(m, c), operator=True),
+    Unmute: Spec(lambda s, m, c: s.moderation.unmute(m, c), operator=True),
+    Bans: Spec(lambda s, m, c: s.moderation.bans(m, c), operator=True),
 }
 """Every command the node carries out, by its class."""
 

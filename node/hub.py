@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Coroutine, Iterable
-from typing import Any, Protocol, assert_never
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any, assert_never
 
 import structlog
 
@@ -53,16 +54,14 @@ _TOLD_KEPT = 4096
 """User events (quits, renames) remembered for telling each member once."""
 
 
-class BusHooks(Protocol):
+@dataclass(frozen=True, slots=True)
+class BusHooks:
     """What the hub hands on from the bus (wired by the server)."""
 
-    def on_sanction(self, sanction: env.Sanction) -> None: ...
-
-    def on_lease_lost(self, folded: str) -> None: ...
-
-    async def reassert_all(self) -> None:
-        """After a Redis data loss: every local name and membership recorded again."""
-        ...
+    on_sanction: Callable[[env.Sanction], None]
+    on_lease_lost: Callable[[str], None]
+    reassert_all: Callable[[], Awaitable[None]]
+    """After a Redis data loss: every local name and membership recorded again."""
 
 
 class Hub(BusSink):

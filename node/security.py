@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import json
 import os
 import threading
@@ -52,7 +51,6 @@ import argon2
 import structlog
 from redis.asyncio import Redis
 
-from . import envelope as env
 from .config import NodeConfig
 from .durations import format_duration
 from .errors import (
@@ -67,36 +65,25 @@ from .errors import (
     Muted,
     NickTaken,
     NoSuchAccount,
-    NoSuchNick,
     NotEnabled,
     NotRegistered,
     RelayUnavailable,
 )
 from .identity import Identity
 from .keys import Keys
-from .limits import ip_key
 from .model import (
     Ack,
     AskNick,
     Auth,
-    Ban,
     BanEntry,
-    Bans,
-    BansReply,
-    Bye,
-    Error,
     Hello,
-    Kick,
     Login,
-    Mute,
     Notice,
     Oper,
     Password,
     Register,
-    Unban,
-    Unmute,
 )
-from .names import check_nick, clean_reason, fold_nick
+from .names import check_nick, fold_nick
 from .redis_errors import translated
 from .relay import NameInfo, Relay
 from .user import Member, Roster
@@ -564,7 +551,7 @@ class Security:
         if admission.account is not None and m.user.resumed_from is None:
             await self._logged_in(m, folded)
         if admission.muted_for > 0:
-            self._mute(m, admission.muted_for, None, admission.mute_reason)
+            self.mute_member(m, admission.muted_for, None, admission.mute_reason)
 
     async def _logged_in(self, m: Member, folded: str) -> None:
         user = m.user
@@ -727,115 +714,7 @@ class Security:
             raise BadArguments(f"a password needs at least {self.config.min_password} "
                                "characters")
 
-    # ------------------------------------------------------------------ operators
-
-    def _target(self, raw: str) -> tuple[str, str, str]:
-        """(kind, key target, shown) of a ban target: an address or a nickname."""
-        try:
-            ipaddress.ip_address(raw.strip())
-        except ValueError:
-            nick = check_nick(raw)
-            return "nick-ban", fold_nick(nick), nick
-        address = ip_key(raw.strip())
-        return "ip-ban", address, address
-
-    async def _tell_holder(self, folded: str, sanction: env.Sanction) -> bool:
-        """Send ``sanction`` to the node holding ``folded``; False when it is offline."""
-        info = await self.relay.lookup(folded)
-        if info is None:
-            return False
-        return await self.relay.sanction(sanction, info.node)
-
-    def _done(self, m: Member, ref: str | int | None, notice: str) -> None:
-        self.operator_actions += 1
-        m.send(Notice(notice))
-        m.send(Ack(ref))
-
-    async def kick(self, m: Member, cmd: Kick) -> None:
-        me = m.user.nick
-        nick = check_nick(cmd.nick)
-        reason = clean_reason(cmd.reason)
-        sent = await self._tell_holder(
-            fold_nick(nick), env.Sanction("kick", fold_nick(nick), "", me, reason))
-        if not sent:
-            raise NoSuchNick(f"{nick} is not online")
-        audit(me, "kick", nick, reason=reason)
-        self._done(m, cmd.ref, f"kicked {nick}")
-
-    async def ban(self, m: Member, cmd: Ban) -> None:
-        me = m.user.nick
-        kind, target, shown = self._target(cmd.target)
-        seconds = float(cmd.duration or self.config.ban_duration)
-        reason = clean_reason(cmd.reason)
-        await self.sanctions.put(kind, target, shown, me, reason, seconds)
-        sanction = env.Sanction("ban", target if kind == "nick-ban" else "",
-                                target if kind == "ip-ban" else "", me, reason, seconds)
-        if kind == "ip-ban":
-            await self.relay.broadcast(sanction)
-        else:
-            await self._tell_holder(target, sanction)
-        audit(me, "ban", shown, duration=seconds, reason=reason, kind=kind)
-        self._done(m, cmd.ref, f"banned {shown} for {format_duration(seconds)}")
-
-    async def unban(self, m: Member, cmd: Unban) -> None:
-        kind, target, shown = self._target(cmd.target)
-        removed = await self.sanctions.remove(kind, target)
-        audit(m.user.nick, "unban", shown, found=removed)
-        self._done(m, cmd.ref, f"unbanned {shown}" if removed else f"{shown} was not banned")
-
-    async def mute(self, m: Member, cmd: Mute) -> None:
-        me = m.user.nick
-        nick = check_nick(cmd.nick)
-        folded = fold_nick(nick)
-        seconds = float(cmd.duration or self.config.mute_duration)
-        reason = clean_reason(cmd.reason)
-        await self.sanctions.put("mute", folded, nick, me, reason, seconds)
-        await self._tell_holder(folded, env.Sanction("mute", folded, "", me, reason, seconds))
-        audit(me, "mute", nick, duration=seconds, reason=reason)
-        self._done(m, cmd.ref, f"muted {nick} for {format_duration(seconds)}")
-
-    async def unmute(self, m: Member, cmd: Unmute) -> None:
-        me = m.user.nick
-        nick = check_nick(cmd.nick)
-        folded = fold_nick(nick)
-        removed = await self.sanctions.remove("mute", folded)
-        await self._tell_holder(folded, env.Sanction("unmute", folded, "", me))
-        audit(me, "unmute", nick, found=removed)
-        self._done(m, cmd.ref, f"unmuted {nick}" if removed else f"{nick} was not muted")
-
-    async def bans(self, m: Member, cmd: Bans) -> None:
-        m.send(BansReply(tuple(await self.sanctions.listing()), cmd.ref))
-
-    # ------------------------------------------------------------------ from the bus
-
-    def on_sanction(self, e: env.Sanction) -> None:
-        """A kick, ban or mute for users of this node (see :class:`env.Sanction`)."""
-        if e.ip:
-            targets = [m for m in list(self.roster.members) if m.user.ip == e.ip]
-        else:
-            target = self.roster.named.get(e.folded)
-            targets = [target] if target is not None else []
-        for m in targets:
-            if e.action in ("kick", "ban"):
-                self._remove(m, e)
-            elif e.action == "mute":
-                self._mute(m, e.seconds, e.by, e.reason)
-            elif e.action == "unmute":
-                m.user.muted_until = 0.0
-                m.send(Notice(f"you may speak again (unmuted by {e.by})"))
-            elif e.action == "ghost":
-                self.identity.ghost(m)
-
-    def _remove(self, m: Member, e: env.Sanction) -> None:
-        verb = "kicked" if e.action == "kick" else "banned"
-        why = f"{verb} by {e.by}" + (f": {e.reason}" if e.reason else "")
-        text = f"you were {why}"
-        if e.action == "ban":
-            text += f" (for {format_duration(e.seconds)})"
-        log.info("session removed by an operator", action=e.action, by=e.by)
-        m.end(why, Error("kicked", text), Bye(why))
-
-    def _mute(self, m: Member, seconds: float, by: str | None, reason: str | None) -> None:
+    def mute_member(self, m: Member, seconds: float, by: str | None, reason: str | None) -> None:
         m.user.muted_until = asyncio.get_running_loop().time() + seconds
         text = f"you are muted for {format_duration(seconds)}"
         if by:

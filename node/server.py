@@ -30,8 +30,9 @@ from .connection import Connection, ConnectionContext, Flusher
 from .errors import RedisMisconfigured, RelayUnavailable, StartupError
 from .gate import Gate
 from .http import HttpEndpoint
-from .hub import Hub
+from .hub import BusHooks, Hub
 from .identity import Identity
+from .moderation import Moderation
 from .redis_errors import describe
 from .relay import Relay
 from .security import Security
@@ -57,8 +58,11 @@ class ChatNode:
         self.relay = self.hub.relay
         self.identity = Identity(config, self.relay, self.hub, self.roster)
         self.security = Security(config, redis, self.relay, self.identity, self.roster)
-        self.hub.hooks = _BusHooks(self.security, self.identity)
-        self.services = Services(config, self.relay, self.hub, self.identity, self.security)
+        self.moderation = Moderation(self.security, self.relay, self.identity, self.roster)
+        self.hub.hooks = BusHooks(self.moderation.on_sanction, self.identity.on_lease_lost,
+                                  self.identity.reassert_all)
+        self.services = Services(config, self.relay, self.hub, self.identity, self.security,
+                                 self.moderation)
         self.sessions: set[Session] = set()
         self.awaiting_header: set[Connection] = set()
         """Connections from a trusted load balancer whose PROXY header has not come yet
@@ -261,12 +265,3 @@ class ChatNode:
             self.roster.members.discard(session)
             self._conn_tasks.discard(task)
             self.gate.release(session.user.host)
-
-
-class _BusHooks:
-    """What the hub hands on from the bus: sanctions to security, names to identity."""
-
-    def __init__(self, security: Security, identity: Identity) -> None:
-        self.on_sanction = security.on_sanction
-        self.on_lease_lost = identity.on_lease_lost
-        self.reassert_all = identity.reassert_all
