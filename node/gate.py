@@ -44,7 +44,7 @@ from .protocol import TEXT
 
 if TYPE_CHECKING:
     from .config import NodeConfig
-    from .server import NodeStats
+    from .stats import NodeStats
 
 __all__ = ["ACCEPT_ERROR", "LOG_EVERY", "RESUMED_AFTER", "Gate", "open_file_limit", "peer_host"]
 

@@ -10,16 +10,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .metrics import NodeMetrics
-
-if TYPE_CHECKING:
-    from .server import ChatNode
+from .stats import NodeState
 
 __all__ = ["HttpEndpoint"]
 
@@ -27,9 +23,9 @@ log = structlog.get_logger("hubbub.http")
 
 
 class HttpEndpoint:
-    def __init__(self, node: ChatNode) -> None:
-        self._node = node
-        self._metrics = NodeMetrics(node)
+    def __init__(self, state: NodeState) -> None:
+        self._state = state
+        self._metrics = NodeMetrics(state)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         app = web.Application()
@@ -57,13 +53,13 @@ class HttpEndpoint:
         return web.Response(text="ok\n")
 
     async def _readyz(self, _: web.Request) -> web.Response:
-        node = self._node
-        ready, reasons = node.relay.is_ready()
-        if node.stopping:
+        state = self._state
+        ready, reasons = state.relay.is_ready()
+        if state.stopping():
             ready, reasons = False, ["shutting down", *reasons]
-        body = {"ready": ready, "node": node.config.node_id, "reasons": reasons,
-                "canary_rtt_ms": None if node.relay.canary_rtt is None
-                else round(node.relay.canary_rtt * 1000, 3)}
+        body = {"ready": ready, "node": state.config.node_id, "reasons": reasons,
+                "canary_rtt_ms": None if state.relay.canary_rtt is None
+                else round(state.relay.canary_rtt * 1000, 3)}
         return web.json_response(body, status=200 if ready else 503)
 
     async def _metrics_page(self, _: web.Request) -> web.Response:

@@ -10,40 +10,38 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from .server import ChatNode
+from .stats import NodeState
 
 __all__ = ["NodeMetrics"]
 
 
 class _NodeCollector(Collector):
-    def __init__(self, node: ChatNode) -> None:
-        self._node = node
+    def __init__(self, state: NodeState) -> None:
+        self._state = state
 
     def collect(self) -> Iterator[Metric]:
-        node, relay = self._node, self._node.relay
-        modes = Counter(s.conn.mode for s in list(node.sessions))
+        node, relay = self._state, self._state.relay
+        modes = Counter(node.modes())
         conns = GaugeMetricFamily("hubbub_connections", "Open client connections by wire "
                                   "mode (pending: not chosen yet).", labels=["mode"])
         for mode in ("pending", "text", "json"):
             conns.add_metric([mode], modes.get(mode, 0))
         yield conns
         yield GaugeMetricFamily("hubbub_users", "Registered users on this node.",
-                                value=len(node.local))
+                                value=len(node.roster.named))
         yield GaugeMetricFamily("hubbub_local_rooms", "Rooms with members on this node.",
-                                value=len(node.rooms))
+                                value=node.local_rooms())
         yield GaugeMetricFamily("hubbub_subscribed_room_channels",
                                 "Room channels this node is subscribed to.",
                                 value=len(relay.subscribed_rooms()))
         ready, _ = relay.is_ready()
         yield GaugeMetricFamily("hubbub_ready", "1 when the node is ready (see /readyz).",
-                                value=1 if ready and not node.stopping else 0)
+                                value=1 if ready and not node.stopping() else 0)
         yield GaugeMetricFamily("hubbub_redis_clock_offset_seconds",
                                 "Redis's clock minus this node's (message deadlines use "
                                 "Redis's clock).", value=relay.publisher.clock_offset)
@@ -100,19 +98,20 @@ class _NodeCollector(Collector):
                                   "flooding (rate-limited).", value=node.stats.flood_disconnects)
         yield CounterMetricFamily("hubbub_accept_pauses", "Times accepting paused for want "
                                   "of file descriptors.", value=node.stats.accept_pauses)
-        security = node.security
+        security = node.auth
+        throttled, busy, inflight = security.refusals()
         auth = CounterMetricFamily(
             "hubbub_auth_refusals", "Authentication attempts refused, by reason (failed: a "
             "wrong password, token, operator secret or resume token; throttled: over a "
             "failed-attempt cap; busy: the password hash queue was full).", labels=["reason"])
         for reason, count in (("failed", security.login_failures),
-                              ("throttled", security.throttle.refused),
-                              ("busy", security.hasher.refused)):
+                              ("throttled", throttled),
+                              ("busy", busy)):
             auth.add_metric([reason], count)
         yield auth
         yield GaugeMetricFamily("hubbub_password_hashes_inflight", "Password hashes running "
                                 "or waiting for a hashing thread.",
-                                value=security.hasher.inflight)
+                                value=inflight)
         yield CounterMetricFamily("hubbub_operator_actions", "Operator actions carried out "
                                   "(each also logged as an audit event).",
                                   value=security.operator_actions)
@@ -123,9 +122,9 @@ class _NodeCollector(Collector):
 class NodeMetrics:
     """The registry of one node."""
 
-    def __init__(self, node: ChatNode) -> None:
+    def __init__(self, state: NodeState) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_NodeCollector(node))
+        self.registry.register(_NodeCollector(state))
         # the node process's own memory, CPU and descriptors (process_*; Linux /proc)
         ProcessCollector(registry=self.registry)
 

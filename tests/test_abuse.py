@@ -63,8 +63,8 @@ async def test_flood_is_delayed_then_disconnected_while_others_are_unaffected(
         assert (await alice.expect("!")).startswith("! rate-limited: more than 20 messages")
         await alice.closed()
         assert node.stats.flood_disconnects == 1
-        assert "alice" not in node.local
-        metrics = NodeMetrics(node).render().decode()
+        assert "alice" not in node.roster.named
+        metrics = NodeMetrics(node.state).render().decode()
         assert "hubbub_flood_disconnects_total 1.0" in metrics
 
 
@@ -125,7 +125,7 @@ async def test_total_cap_refuses_and_is_counted_in_metrics(
         await a.send("/quit")
         await a.closed()
         await text_user(port(node), "c")
-        metrics = NodeMetrics(node).render().decode()
+        metrics = NodeMetrics(node.state).render().decode()
         assert 'hubbub_connections_refused_total{reason="node-full"} 1.0' in metrics
         assert 'hubbub_connections_refused_total{reason="per-ip"} 0.0' in metrics
         assert node.stats.connections == 3
@@ -155,7 +155,7 @@ async def server_socket(node: ChatNode) -> socket.socket:
     c = await LineClient.connect(port(node))
     await c.expect("* GET_NAME")
     (session,) = node.sessions
-    sock: socket.socket = session.transport.get_extra_info("socket")  # type: ignore[union-attr]
+    sock: socket.socket = session.connection.transport.get_extra_info("socket")  # type: ignore[union-attr]
     return sock
 
 

@@ -16,7 +16,7 @@ from node.config import NodeConfig
 from node.errors import BadProxyHeader
 from node.proxyproto import V1_MAX, V2_SIGNATURE, ProxyHeader, encode_v1, encode_v2, parse
 from node.server import ChatNode
-from node.session import Session
+from node.user import User
 
 from .helpers import LineClient, running_node, text_user, wait_until
 
@@ -153,8 +153,8 @@ async def proxied(node: ChatNode, client: tuple[str, int], first: bytes = b"",
     return c
 
 
-def session_of(node: ChatNode, nick: str) -> Session:
-    return next(s for s in node.sessions if s.nick == nick)
+def session_of(node: ChatNode, nick: str) -> User:
+    return next(s.user for s in node.sessions if s.user.nick == nick)
 
 
 async def test_the_header_gives_the_clients_address(fake_server: fakeredis.FakeServer) -> None:
@@ -165,7 +165,7 @@ async def test_the_header_gives_the_clients_address(fake_server: fakeredis.FakeS
         await bob.expect("* GET_NAME")
         await bob.send("bob")
         await bob.expect("* welcome bob")
-        sessions = {s.nick: s for s in n.sessions}
+        sessions = {s.user.nick: s.user for s in n.sessions}
         assert (sessions["alice"].host, sessions["alice"].peer) == ("203.0.113.7",
                                                                     "203.0.113.7:40000")
         assert sessions["bob"].ip == "2001:db8::/64"

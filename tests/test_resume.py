@@ -320,7 +320,7 @@ async def test_a_resume_restores_exactly_what_the_previous_session_had(
             assert welcome["ev"] == "welcome" and welcome["resumed"] is True
             assert await _can(moved, 2, "password", password=f"{nick}-new-pass") == password
             assert await _can(moved, 3, "bans") == bans
-            s = b.local[nick]
+            s = b.roster.named[nick].user
             assert (s.account, s.oper) == ((None if nick == "zed" else nick), nick == "alice")
             info = await b.relay.lookup(nick)  # carried on to the next resume
             assert info is not None and (info.account, info.oper) == (s.account, s.oper)
@@ -361,7 +361,8 @@ async def test_forged_tokens_in_the_expired_lease_window_get_nothing(
         moved = await JsonClient.connect(port(n))
         welcome = await hello(moved, 1, nick="alice", token=REAL)
         assert welcome["ev"] == "welcome" and welcome["resumed"] is True
-        assert (n.local["alice"].account, n.local["alice"].oper) == ("alice", True)
+        alice = n.roster.named["alice"].user
+        assert (alice.account, alice.oper) == ("alice", True)
 
 
 async def test_open_mode_a_forged_token_is_at_most_a_fresh_claim(

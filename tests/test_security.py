@@ -546,7 +546,7 @@ async def test_a_login_takes_its_name_over_on_the_same_node_and_by_rename(
         await second.event("ack", ref=7)
         assert (await first.expect("!")).startswith("! nick-lost: carol logged in from")
         await first.closed()
-        assert n.local["carol"].conn.mode == "json"  # the second session holds it now
+        assert n.roster.named["carol"].mode == "json"  # the second session holds it now
         third = await LineClient.connect(port(n))
         await third.expect("* GET_NAME")
         await third.send("/login carol carols-password")
@@ -565,7 +565,7 @@ async def test_a_wrong_password_never_disturbs_the_holder(fake_server: fakeredis
         assert await other.expect("!") == "! auth-failed: wrong password for dana"
         await owner.send("/ping")
         await owner.expect("* pong")
-        assert n.local["dana"].conn.mode == "text" and len(n.local) == 1
+        assert n.roster.named["dana"].mode == "text" and len(n.roster.named) == 1
 
 
 async def test_a_name_held_on_a_node_that_stopped_answering_is_not_taken_over(
@@ -596,7 +596,7 @@ async def test_a_client_whose_name_was_taken_over_does_not_come_back(
         client = ChatClient(state, show=lambda _: None)
         runner = asyncio.create_task(client.run())
         watcher = await text_user(port(n), "watcher")
-        await wait_until(lambda: "fay" in n.local)
+        await wait_until(lambda: "fay" in n.roster.named)
         newer = await LineClient.connect(port(n))
         await newer.expect("* GET_NAME")
         await newer.send("/login fay fays-password")
@@ -606,7 +606,7 @@ async def test_a_client_whose_name_was_taken_over_does_not_come_back(
                 await runner
         assert info.value.code == "nick-lost"  # it stopped: no tug of war over the name
         await watcher.expect("* fay quit (logged in elsewhere)")
-        assert n.local["fay"].conn.mode == "text"  # the newer login keeps it
+        assert n.roster.named["fay"].mode == "text"  # the newer login keeps it
 
 
 async def test_the_hubbub_client_registers_and_operates(fake_server: fakeredis.FakeServer
@@ -621,7 +621,7 @@ async def test_the_hubbub_client_registers_and_operates(fake_server: fakeredis.F
         client = ChatClient(state, show=seen.append)
         runner = asyncio.create_task(client.run())
         try:
-            await wait_until(lambda: "gwen" in n.local)
+            await wait_until(lambda: "gwen" in n.roster.named)
             await client.submit("/register gwens-password")
             await client.submit("/oper " + OPER)
             bob = await text_user(port(n), "bob")

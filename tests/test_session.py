@@ -153,7 +153,7 @@ async def test_registration_timeout_closes_even_with_a_partial_line(
         assert (await c.expect("!", timeout=3.0)).startswith("! register-timeout:")
         await c.closed(timeout=3.0)
         assert loop.time() - started < 0.5 + 2.0
-        assert node.local == {}
+        assert node.roster.named == {}
 
 
 async def test_an_empty_line_at_the_name_prompt_is_asked_again(
@@ -332,7 +332,7 @@ class CountingTransport:
 
 
 def only_session(node: ChatNode, nick: str) -> Any:
-    (session,) = [s for s in node.sessions if s.nick == nick]
+    (session,) = [s for s in node.sessions if s.user.nick == nick]
     return session
 
 
@@ -386,10 +386,10 @@ async def test_events_of_one_loop_iteration_are_one_write(fake_server: fakeredis
 
     async with node_with_observer(fake_server) as (node, bob):
         session = only_session(node, "bob")
-        counting = CountingTransport(session.transport)
-        session.transport = counting
+        counting = CountingTransport(session.connection.transport)
+        session.connection.transport = counting
         for i in range(200):
-            node._fan_out(Notice(f"event {i}"), [session])
+            node.hub.fan_out(Notice(f"event {i}"), [session])
         assert counting.writes == []  # queued; written once at the end of the iteration
         for i in range(200):
             assert await bob.expect("*") == f"* event {i}"
@@ -416,7 +416,7 @@ async def test_output_to_many_sessions_is_flushed_by_one_callback(
             return real(callback, *args, **kwargs)
 
         monkeypatch.setattr(asyncio.get_running_loop(), "call_soon", call_soon)
-        node._fan_out(Notice("to everyone"), sessions)
+        node.hub.fan_out(Notice("to everyone"), sessions)
         monkeypatch.undo()
         assert scheduled == 1
         for c in clients:
@@ -432,11 +432,11 @@ async def test_a_large_burst_is_handed_over_early_and_is_no_slow_reader(
     async with node_with_observer(fake_server, send_queue_bytes=64 * 1024,
                                   send_queue_lines=100) as (node, bob):
         session = only_session(node, "bob")
-        counting = CountingTransport(session.transport)
-        session.transport = counting
+        counting = CountingTransport(session.connection.transport)
+        session.connection.transport = counting
         text = "x" * 1000
         for i in range(300):  # ~300 KB, 300 lines
-            node._fan_out(Notice(f"{i} {text}"), [session])
+            node.hub.fan_out(Notice(f"{i} {text}"), [session])
         for i in range(300):
             assert (await bob.expect("*")).startswith(f"* {i} x")
         assert node.stats.slow_consumers == 0
@@ -460,13 +460,13 @@ async def test_a_departure_slower_than_the_cleanup_says_when_it_is_done(
     async with running_node(fake_server, redis_timeout=0.1) as node:
         c = await text_user(node.port or 0, "slowpoke")
         gate = asyncio.Event()
-        unregister = node.unregister
+        unregister = node.identity.unregister
 
-        async def slow(s: Any) -> None:
+        async def slow(member: Any, reason: str | None) -> None:
             await gate.wait()
-            await unregister(s)
+            await unregister(member, reason)
 
-        monkeypatch.setattr(node, "unregister", slow)
+        monkeypatch.setattr(node.identity, "unregister", slow)
         with capture_logs() as logs:
             await c.send("/quit")
             await c.closed()

@@ -1,0 +1,306 @@
+"""Local rooms and the bus: who on this node gets which room event, once and in order.
+
+Theory of operation
+-------------------
+* ``rooms`` holds the local members of each room (:class:`~node.localroom.LocalRoom`).
+  Only the node's own event loop touches it.
+* A room's channel is subscribed when its first local member joins (the join waits for
+  Redis to confirm the subscription, so the joiner sees its own join) and unsubscribed when
+  the last one leaves.
+* Every room event reaches local members through the bus, so all members on all nodes see
+  one order.  Fan-out is synchronous: each event is rendered once per wire mode and the
+  same bytes are queued to every recipient (``Member.send_bytes`` never waits).
+* The hub is the relay's :class:`~node.relay.BusSink`: room events and private messages it
+  delivers itself; sanctions, lost leases and the names after a Redis data loss it hands
+  to the :class:`BusHooks` the server wires in (security and identity).
+* When the subscription comes back, every room is repaired from its stream (gap repair).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any, assert_never
+
+import structlog
+
+from . import envelope as env
+from .backoff import backoff
+from .config import NodeConfig
+from .errors import RelayUnavailable
+from .localroom import LocalRoom
+from .model import (
+    Event,
+    Joined,
+    Message,
+    NickChanged,
+    Notice,
+    Parted,
+    Private,
+    Quitted,
+)
+from .pause import pause
+from .relay import BusSink, Relay
+from .stats import NodeStats
+from .user import Member, Roster
+
+__all__ = ["BusHooks", "Hub"]
+
+log = structlog.get_logger("hubbub.node")
+
+_TOLD_KEPT = 4096
+"""User events (quits, renames) remembered for telling each member once."""
+
+
+@dataclass(frozen=True, slots=True)
+class BusHooks:
+    """What the hub hands on from the bus (wired by the server)."""
+
+    on_sanction: Callable[[env.Sanction], None]
+    on_lease_lost: Callable[[str], None]
+    reassert_all: Callable[[], Awaitable[None]]
+    """After a Redis data loss: every local name and membership recorded again."""
+
+
+class Hub(BusSink):
+    """Local rooms, fan-out and the relay's sink (see the module docstring)."""
+
+    def __init__(self, config: NodeConfig, stats: NodeStats, roster: Roster,
+                 relay_for: Callable[[BusSink], Relay]) -> None:
+        """``relay_for``: builds the relay that reports to this hub."""
+        self.config = config
+        self.stats = stats
+        self.roster = roster
+        self.relay = relay_for(self)
+        self.hooks: BusHooks | None = None
+        """Set by the server once security and identity exist."""
+        self.rooms: dict[str, LocalRoom[Member]] = {}
+        self._told: OrderedDict[str, set[Member]] = OrderedDict()
+        """Recipients of recent quits and renames by ``eid`` (one per room of the user),
+        so a member of several of its rooms is told once."""
+        self._subs: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task the hub keeps a reference to until it ends."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------------ rooms
+
+    async def join(self, m: Member, room: str, *, announce: bool = True) -> str:
+        """Join ``room``: subscribed (confirmed by Redis), then the membership recorded and
+        (unless ``announce`` is false: a resume) the join announced.  The room's events are
+        kept for ``m`` until :meth:`go_live`; returns the floor to hand to it."""
+        local = self.rooms.get(room)
+        if local is None:
+            local = self.rooms[room] = LocalRoom()
+        local.begin_join(m)
+        user = m.user
+        user.rooms.append(room)
+        try:
+            await self._subscribed(room)
+            return await self.relay.join(room, user.folded,
+                                         user.info(self.config.node_id), announce=announce)
+        except BaseException:
+            user.rooms.remove(room)
+            await self.leave_local(m, room)
+            raise
+
+    def go_live(self, m: Member, room: str, floor: str, *, announce: bool = True) -> None:
+        """``m`` was answered (welcome, join acknowledgement, resume): from here on it gets
+        the room's events — first its own join, then what came after ``floor``."""
+        local = self.rooms.get(room)
+        if local is None:
+            return
+        if announce:
+            m.send(Joined(room, m.user.nick))
+        for event in local.go_live(m, floor):
+            self._deliver(event, (m,))
+
+    async def part(self, m: Member, room: str) -> None:
+        user = m.user
+        user.rooms.remove(room)
+        await self.leave_local(m, room)
+        await self.relay.part(room, user.folded, user.info(self.config.node_id))
+
+    async def leave_all_local(self, m: Member) -> list[str]:
+        """Drop ``m`` from every local room (its membership in Redis is left alone);
+        returns the rooms it was in."""
+        rooms = list(m.user.rooms)
+        for room in rooms:
+            await self.leave_local(m, room)
+        m.user.rooms.clear()
+        return rooms
+
+    async def _subscribed(self, room: str) -> None:
+        task = self._subs.get(room)
+        if task is None or (task.done() and task.exception() is not None):
+            task = asyncio.create_task(self._subscribe(room))
+            self._subs[room] = task
+        try:
+            await asyncio.shield(task)
+        except BaseException:
+            if self._subs.get(room) is task and task.done() and not self.rooms.get(room):
+                del self._subs[room]
+            raise
+
+    async def _subscribe(self, room: str) -> None:
+        """Subscribe, then note where the room's stream stood (the start of any repair)."""
+        await self.relay.subscribe_room(room)
+        start = await self.relay.latest_id(room)
+        if (local := self.rooms.get(room)) is not None:
+            local.feed.start = start
+
+    async def leave_local(self, m: Member, room: str) -> None:
+        local = self.rooms.get(room)
+        if local is None:
+            return
+        local.remove(m)
+        if not local:
+            del self.rooms[room]
+            self._subs.pop(room, None)
+            await self.relay.unsubscribe_room(room)
+
+    # ------------------------------------------------------------------ the bus
+
+    def on_envelope(self, envelope: env.Envelope) -> None:
+        e = envelope
+        match e:
+            case env.RoomMsg() | env.RoomJoin() | env.RoomPart() | env.RoomQuit() | \
+                    env.RoomNick():
+                if (local := self.rooms.get(e.room)) is not None:
+                    for event in local.feed.live(e):
+                        self._deliver(event, local.recipients(event))
+            case env.Sanction():
+                if self.hooks is not None:
+                    self.hooks.on_sanction(e)
+            case env.DirectMsg():
+                target = self.roster.named.get(e.to_folded)
+                if target is not None:
+                    target.send(Private(e.sender, e.to, e.text, e.id, e.ts))
+                    self.stats.delivered += 1
+            case env.Canary():
+                pass  # the relay's own
+            case _:
+                assert_never(e)
+
+    def on_lease_lost(self, folded: str) -> None:
+        if self.hooks is not None:
+            self.hooks.on_lease_lost(folded)
+
+    def on_redis_reset(self) -> None:
+        self.background(self._after_reset())
+
+    async def _after_reset(self) -> None:
+        """Redis lost its data: re-assert every name, rebuild room membership, restart
+        the gap bookkeeping, and tell room members their history may have a hole."""
+        try:
+            if self.hooks is not None:
+                await self.hooks.reassert_all()
+            for room, local in self.rooms.items():
+                local.feed.last = None
+                local.feed.start = await self.relay.latest_id(room)
+        except RelayUnavailable:
+            log.warning("could not rebuild after the data loss yet")
+        notice = Notice("the cluster's store restarted: history before this point may be "
+                        "incomplete")
+        for local in self.rooms.values():
+            self.fan_out(notice, local.everyone())
+
+    def _deliver(self, e: env.RoomEvent, targets: Collection[Member]) -> None:
+        """One event of a room's feed to ``targets`` (its members, or one joiner)."""
+        match e:
+            case env.RoomMsg():
+                self.fan_out(Message(e.room, e.sender, e.text, e.id, e.ts, e.action),
+                             targets, skip_sid=e.sid)
+            case env.RoomJoin():
+                self.fan_out(Joined(e.room, e.nick), targets)
+            case env.RoomPart():
+                self.fan_out(Parted(e.room, e.nick), targets)
+            case env.RoomQuit():
+                self.fan_out(Quitted(e.nick, e.reason), self._untold(e.eid, targets))
+            case env.RoomNick():  # the renaming member was told by its node
+                self.fan_out(NickChanged(e.old, e.new),
+                             [m for m in self._untold(e.eid, targets) if m.user.sid != e.sid])
+            case _:
+                assert_never(e)
+
+    def _untold(self, eid: str, targets: Collection[Member]) -> list[Member]:
+        """Those of ``targets`` not yet told of the user event ``eid`` (a quit or rename
+        comes once through each of the user's rooms)."""
+        told = self._told.get(eid)
+        if told is None:
+            told = self._told[eid] = set()
+            while len(self._told) > _TOLD_KEPT:
+                self._told.popitem(last=False)
+        fresh = [m for m in targets if m not in told]
+        told.update(fresh)
+        return fresh
+
+    def on_resubscribed(self) -> None:
+        """The bus subscription came back: repair every room from its stream."""
+        for room in list(self.rooms):
+            self.background(self._repair(room))
+
+    async def _repair(self, room: str) -> None:
+        local = self.rooms.get(room)
+        if local is None or local.feed.held is not None:
+            return
+        feed = local.feed
+        after = feed.begin_repair()
+        fetched: list[env.RoomEvent] = []
+        # the fault that cut the subscription often breaks the next command too: try
+        # again (live events wait meanwhile) for as long as the outbox holds messages
+        give_up = asyncio.get_running_loop().time() + self.config.outbox_seconds
+        delays = backoff(initial=0.05, maximum=0.5)
+        try:
+            page = self.config.history_limit
+            while after is not None:
+                try:
+                    got = await self.relay.events(room, after, page)
+                except RelayUnavailable:
+                    delay = next(delays)
+                    if asyncio.get_running_loop().time() + delay > give_up:
+                        raise
+                    await pause(delay)
+                    continue
+                fetched.extend(got)
+                if len(got) < page:
+                    break
+                after = got[-1].id
+        except RelayUnavailable:
+            log.warning("gap repair failed; some events may be missing", room=room)
+        finally:  # whatever happened, stop holding the room's live events
+            self._end_repair(room, local, fetched)
+
+    def _end_repair(self, room: str, local: LocalRoom[Member],
+                    fetched: list[env.RoomEvent]) -> None:
+        if self.rooms.get(room) is local:
+            events = local.feed.end_repair(fetched)
+            from_stream = {e.id for e in fetched}
+            repaired = sum(1 for e in events if e.id in from_stream)
+            if repaired:
+                self.stats.repaired += repaired
+                log.info("gap repaired", room=room, events=repaired)
+            for event in events:
+                self._deliver(event, local.recipients(event))
+
+    def fan_out(self, event: Event, targets: Iterable[Member], skip_sid: str = "") -> None:
+        """Render once per wire mode; queue the same bytes to every recipient."""
+        rendered: dict[str, tuple[bytes, int]] = {}
+        delivered = 0
+        for m in list(targets):
+            codec = m.codec
+            if skip_sid and not codec.echo_own and m.user.sid == skip_sid:
+                continue
+            out = rendered.get(codec.name)
+            if out is None:
+                data = codec.render(event)
+                out = rendered[codec.name] = (data, data.count(b"\n"))
+            m.send_bytes(*out)
+            delivered += 1
+        self.stats.delivered += delivered
