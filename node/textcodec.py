@@ -18,7 +18,7 @@ from node.codec import printable, sorted_nicks
 from node.durations import DurationError, format_duration, parse_duration
 from node.errors import BadArguments, UnknownCommand
 
-__all__ = ["TEXT", "USAGE", "TextCodec"]
+__all__ = ["TEXT", "USAGE", "TextCodec", "command_word"]
 
 
 def _oneline(value: str) -> str:
@@ -71,6 +71,16 @@ USAGE: dict[str, str] = {
 
 _BEFORE_NAME = frozenset({"auth", "login"})
 """Text commands understood before a nickname is chosen (the others are nick attempts)."""
+
+
+def command_word(line: str) -> str | None:
+    """The name of the /command ``line`` starts with, lowercased and without its slash, as
+    the parser reads it; None when the line does not start with a single ``/``."""
+    if not line.startswith("/") or line.startswith("//"):
+        return None
+    match = _COMMAND_RE.fullmatch(line)
+    assert match is not None  # the pattern matches every line starting with "/"
+    return match.group(1).lower()
 
 
 def _one_word(rest: str, command: str, required: bool) -> str | None:

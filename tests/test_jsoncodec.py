@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from typing import Any, get_type_hints
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from node import model as m
+from node.durations import MAX_DURATION
 from node.errors import BadArguments, BadJson, ProtocolError, UnknownCommand
-from node.jsoncodec import JSON
+from node.jsoncodec import JSON, OPS
 
 # --------------------------------------------------------------------------- JSON parsing
 
@@ -186,3 +191,73 @@ def test_json_security_ops(obj: dict[str, object], command: m.Command) -> None:
 ])
 def test_json_security_bad_fields(obj: dict[str, object]) -> None:
     assert isinstance(json_error(json.dumps(obj)), BadArguments)
+
+
+# --------------------------------------------------------------------------- encoding commands
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=20)
+"""Any string a JSON op can carry (no lone surrogates): quotes, newlines, "" included."""
+
+_BY_TYPE: dict[object, st.SearchStrategy[Any]] = {
+    str: _TEXT,
+    str | None: st.none() | _TEXT,
+    tuple[str, ...]: st.lists(_TEXT, max_size=3).map(tuple),
+}
+_BY_FIELD: dict[str, st.SearchStrategy[Any]] = {
+    "ref": st.none() | _TEXT | st.integers(),
+    "duration": st.none() | st.integers(min_value=1, max_value=MAX_DURATION),
+    "limit": st.none() | st.integers(min_value=1),
+}
+"""Fields whose values the parser accepts only in part (or of a type not above)."""
+
+_WIRE_COMMANDS = [cls for cls in m.COMMAND_TYPES if cls is not m.BlankLine]
+"""Every command a JSON client can send (a blank line only means something in text mode)."""
+
+
+def any_command(cls: type[m.Command]) -> st.SearchStrategy[m.Command]:
+    """Instances of ``cls`` with any field values the JSON parser accepts."""
+    hints = get_type_hints(cls)
+    return st.builds(cls, **{
+        f.name: _BY_FIELD[f.name] if f.name in _BY_FIELD else _BY_TYPE[hints[f.name]]
+        for f in dataclasses.fields(cls)})
+
+
+@pytest.mark.parametrize("cls", _WIRE_COMMANDS, ids=lambda cls: cls.__name__)
+@settings(max_examples=60)
+@given(data=st.data())
+def test_every_command_parses_back_from_its_op(cls: type[m.Command], data: st.DataObject) -> None:
+    cmd = data.draw(any_command(cls))
+    op = JSON.encode_command(cmd)
+    assert op["op"] in OPS
+    line = json.dumps(op, ensure_ascii=False)
+    assert "\n" not in line  # one line, whatever the fields hold
+    assert JSON.parse(line, True) == cmd
+
+
+def test_each_op_is_the_op_of_one_command_type() -> None:
+    every_field = {"nick": "a", "text": "t", "room": "r", "to": "b", "secret": "s",
+                   "password": "p", "target": "t"}
+    built = [type(parse_json({"op": op, **every_field})) for op in OPS]
+    assert len(built) == len(_WIRE_COMMANDS) and set(built) == set(_WIRE_COMMANDS)
+
+
+@pytest.mark.parametrize(("command", "op"), [
+    (m.Say(text="hi"), {"op": "say", "text": "hi"}),
+    (m.Say(text="hi", room="dev", ref=0), {"op": "say", "text": "hi", "room": "dev", "ref": 0}),
+    (m.Hello(nick="a"), {"op": "hello", "nick": "a"}),
+    (m.Hello(nick="a", rooms=("x", "y"), token="n1/f"),
+     {"op": "hello", "nick": "a", "rooms": ["x", "y"], "token": "n1/f"}),
+    (m.History(room="r", limit=5, after="1-0", ref="c1"),
+     {"op": "history", "room": "r", "limit": 5, "after": "1-0", "ref": "c1"}),
+    (m.Ban(target="bob", duration=7200, reason="spam"),
+     {"op": "ban", "target": "bob", "duration": 7200, "reason": "spam"}),
+    (m.Quit(), {"op": "quit"}),
+    (m.Bans(ref=3), {"op": "bans", "ref": 3}),
+])
+def test_encoded_ops_leave_out_what_is_none(command: m.Command, op: dict[str, object]) -> None:
+    assert JSON.encode_command(command) == op
+
+
+def test_a_blank_line_has_no_op() -> None:
+    with pytest.raises(ValueError, match="no JSON op"):
+        JSON.encode_command(m.BlankLine())

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from node import model as m
 from node.errors import BadArguments, ProtocolError, UnknownCommand
-from node.textcodec import TEXT
+from node.textcodec import TEXT, USAGE, command_word
 
 # --------------------------------------------------------------------------- text parsing
 
@@ -199,3 +199,38 @@ def test_ban_and_mute_lines_never_raise_anything_else(rest: str) -> None:
         assert cmd is not None
         if isinstance(cmd, m.Ban | m.Mute):
             assert cmd.duration is None or cmd.duration >= 1
+
+
+# --------------------------------------------------------------------------- command words
+
+
+@pytest.mark.parametrize(("line", "word"), [
+    ("/join dev", "join"),
+    ("/JOIN\tdev", "join"),
+    ("/q", "q"),
+    ("/", ""),
+    ("/ join", ""),
+    ("//join", None),
+    ("join", None),
+    (" /join", None),
+])
+def test_command_word_is_the_name_the_parser_reads(line: str, word: str | None) -> None:
+    assert command_word(line) == word
+
+
+_QUIT_NAMES = {"quit", "exit", "q", "close", "disconnect"}
+
+
+@given(st.sampled_from(sorted({*USAGE, *_QUIT_NAMES, "frob", ""})),
+       st.sampled_from(["", " ", "\t", "  x", " a b"]), st.booleans())
+def test_the_parser_knows_exactly_the_command_words(word: str, rest: str, upper: bool) -> None:
+    line = f"/{word.upper() if upper else word}{rest}"
+    assert command_word(line) == word
+    try:
+        parse_text(line)
+    except UnknownCommand:
+        assert word not in USAGE and word not in _QUIT_NAMES
+    except ProtocolError:
+        assert word in USAGE
+    else:
+        assert word in USAGE or word in _QUIT_NAMES
