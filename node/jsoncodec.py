@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Literal, TypeGuard, assert_never, get_args
 
-from node import model as m
+import node.model as m
 from node.codec import Ref, printable, sorted_nicks
 from node.durations import DurationError, parse_duration
 from node.errors import BadArguments, BadJson, UnknownCommand

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import assert_never
 
-from node import model as m
+import node.model as m
 from node.codec import printable, sorted_nicks
 from node.durations import DurationError, format_duration, parse_duration
 from node.errors import BadArguments, UnknownCommand

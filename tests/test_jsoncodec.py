@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node import model as m
+import node.model as m
 from node.durations import MAX_DURATION
 from node.errors import BadArguments, BadJson, ProtocolError, UnknownCommand
 from node.jsoncodec import JSON, OPS

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node import model as m
+import node.model as m
 from node.errors import BadArguments, ProtocolError, UnknownCommand
 from node.textcodec import TEXT, USAGE, command_word
 
