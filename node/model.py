@@ -5,13 +5,21 @@ later IRC) is a codec that turns lines into these commands and these events into
 bytes, so sessions, rooms and the relay never know which mode a client speaks.
 
 Every command may carry ``ref`` (a client-chosen string); replies to it echo it.
+
+Both sets are closed: :data:`Command` and :data:`Event` are unions of their classes, so a
+``match`` over either that ends in ``case _: assert_never(x)`` is checked for totality by
+mypy.  A new command or event goes into its union here, and mypy then names every
+dispatch that does not handle it yet (the codecs' parsers, encoder and renderers).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeAlias, get_args
 
 __all__ = [
+    "COMMAND_TYPES",
+    "EVENT_TYPES",
     "Ack",
     "AskNick",
     "Auth",
@@ -22,6 +30,7 @@ __all__ = [
     "BlankLine",
     "Bye",
     "Command",
+    "CommandBase",
     "Error",
     "Event",
     "Hello",
@@ -64,12 +73,15 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True)
-class Command:
+class CommandBase:
+    """What every command class shares: the client's ``ref``.  Annotate with
+    :data:`Command` (the closed union), not with this class."""
+
     ref: str | int | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
-class Hello(Command):
+class Hello(CommandBase):
     """Register with a nickname (first line in either mode).
 
     ``token`` is the resume credential a previous ``welcome`` carried: with it a client
@@ -87,7 +99,7 @@ class Hello(Command):
 
 
 @dataclass(frozen=True, slots=True)
-class Say(Command):
+class Say(CommandBase):
     """Say ``text`` in ``room`` (None: the session's current room)."""
 
     text: str
@@ -95,7 +107,7 @@ class Say(Command):
 
 
 @dataclass(frozen=True, slots=True)
-class Me(Command):
+class Me(CommandBase):
     """An action (``/me waves``) in ``room`` (None: current room)."""
 
     text: str
@@ -103,17 +115,17 @@ class Me(Command):
 
 
 @dataclass(frozen=True, slots=True)
-class Join(Command):
+class Join(CommandBase):
     room: str
 
 
 @dataclass(frozen=True, slots=True)
-class Part(Command):
+class Part(CommandBase):
     room: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class Msg(Command):
+class Msg(CommandBase):
     """A private message to ``to``."""
 
     to: str
@@ -121,22 +133,22 @@ class Msg(Command):
 
 
 @dataclass(frozen=True, slots=True)
-class Nick(Command):
+class Nick(CommandBase):
     nick: str
 
 
 @dataclass(frozen=True, slots=True)
-class Who(Command):
+class Who(CommandBase):
     room: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class Rooms(Command):
+class Rooms(CommandBase):
     pass
 
 
 @dataclass(frozen=True, slots=True)
-class History(Command):
+class History(CommandBase):
     """The last ``limit`` messages of a room, or (with ``after``) the first ``limit``
     messages whose id is greater than ``after``."""
 
@@ -146,35 +158,35 @@ class History(Command):
 
 
 @dataclass(frozen=True, slots=True)
-class Ping(Command):
+class Ping(CommandBase):
     pass
 
 
 @dataclass(frozen=True, slots=True)
-class Help(Command):
+class Help(CommandBase):
     pass
 
 
 @dataclass(frozen=True, slots=True)
-class Quit(Command):
+class Quit(CommandBase):
     reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class BlankLine(Command):
+class BlankLine(CommandBase):
     """A blank line where a text-mode client owes its nickname: the node asks again.
     (Blank lines at any other time mean nothing and produce no command.)"""
 
 
 @dataclass(frozen=True, slots=True)
-class Auth(Command):
+class Auth(CommandBase):
     """Present the cluster's access token (``--auth token``), before the nickname."""
 
     secret: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
-class Login(Command):
+class Login(CommandBase):
     """Use the registered name ``nick`` (``--auth accounts``): registers with it before
     a nickname is chosen, renames to it afterwards."""
 
@@ -183,28 +195,28 @@ class Login(Command):
 
 
 @dataclass(frozen=True, slots=True)
-class Register(Command):
+class Register(CommandBase):
     """Protect the current nickname with ``password`` (create its account)."""
 
     password: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
-class Password(Command):
+class Password(CommandBase):
     """Change the password of the account the session is logged in to."""
 
     password: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
-class Oper(Command):
+class Oper(CommandBase):
     """Become an operator with the cluster's operator secret."""
 
     secret: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
-class Kick(Command):
+class Kick(CommandBase):
     """Operators: disconnect ``nick``, wherever it is connected."""
 
     nick: str
@@ -212,7 +224,7 @@ class Kick(Command):
 
 
 @dataclass(frozen=True, slots=True)
-class Ban(Command):
+class Ban(CommandBase):
     """Operators: ban a nickname or an address (IPv4, or the /64 of an IPv6 address) for
     ``duration`` seconds (None: the node's default); online matches are disconnected."""
 
@@ -222,12 +234,12 @@ class Ban(Command):
 
 
 @dataclass(frozen=True, slots=True)
-class Unban(Command):
+class Unban(CommandBase):
     target: str
 
 
 @dataclass(frozen=True, slots=True)
-class Mute(Command):
+class Mute(CommandBase):
     """Operators: refuse ``nick``'s messages for ``duration`` seconds (None: default)."""
 
     nick: str
@@ -236,39 +248,45 @@ class Mute(Command):
 
 
 @dataclass(frozen=True, slots=True)
-class Unmute(Command):
+class Unmute(CommandBase):
     nick: str
 
 
 @dataclass(frozen=True, slots=True)
-class Bans(Command):
+class Bans(CommandBase):
     """Operators: list the bans and mutes in force, cluster-wide."""
+
+
+Command: TypeAlias = (
+    Hello | Say | Me | Join | Part | Msg | Nick | Who | Rooms | History | Ping | Help | Quit
+    | BlankLine | Auth | Login | Register | Password | Oper | Kick | Ban | Unban | Mute
+    | Unmute | Bans
+)
+"""Every command a client can send (what the codecs' parsers produce)."""
+
+COMMAND_TYPES: tuple[type[Command], ...] = get_args(Command)
+"""The classes of :data:`Command`, in declaration order."""
 
 
 # --------------------------------------------------------------------------- events
 
 
 @dataclass(frozen=True, slots=True)
-class Event:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Notice(Event):
+class Notice:
     """Free text from the node: greetings, help, command replies."""
 
     text: str
 
 
 @dataclass(frozen=True, slots=True)
-class AskNick(Event):
+class AskNick:
     """The node asks for a nickname (last greeting line; repeated after a refusal)."""
 
     text: str = "GET_NAME: choose a nickname"
 
 
 @dataclass(frozen=True, slots=True)
-class Welcome(Event):
+class Welcome:
     nick: str
     node: str
     rooms: tuple[str, ...]
@@ -278,7 +296,7 @@ class Welcome(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class Message(Event):
+class Message:
     """A room message; ``id`` is the room stream's id, ``ts`` seconds since the epoch."""
 
     room: str
@@ -290,7 +308,7 @@ class Message(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class Private(Event):
+class Private:
     sender: str
     to: str
     text: str
@@ -299,44 +317,44 @@ class Private(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class Joined(Event):
+class Joined:
     room: str
     nick: str
 
 
 @dataclass(frozen=True, slots=True)
-class Parted(Event):
+class Parted:
     room: str
     nick: str
 
 
 @dataclass(frozen=True, slots=True)
-class Quitted(Event):
+class Quitted:
     nick: str
     reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class NickChanged(Event):
+class NickChanged:
     old: str
     new: str
 
 
 @dataclass(frozen=True, slots=True)
-class WhoReply(Event):
+class WhoReply:
     room: str
     nicks: tuple[str, ...]
     ref: str | int | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class RoomsReply(Event):
+class RoomsReply:
     rooms: tuple[tuple[str, int], ...]
     ref: str | int | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class HistoryReply(Event):
+class HistoryReply:
     room: str
     messages: tuple[Message, ...]
     ref: str | int | None = None
@@ -355,31 +373,41 @@ class BanEntry:
 
 
 @dataclass(frozen=True, slots=True)
-class BansReply(Event):
+class BansReply:
     entries: tuple[BanEntry, ...]
     ref: str | int | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class Ack(Event):
+class Ack:
     ref: str | int | None
     id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class Error(Event):
+class Error:
     code: str
     text: str
     ref: str | int | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class Pong(Event):
+class Pong:
     ref: str | int | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class Bye(Event):
+class Bye:
     reason: str
     reconnect: bool = False
     """True when the node is going away and the client should move to another node."""
+
+
+Event: TypeAlias = (
+    Notice | AskNick | Welcome | Message | Private | Joined | Parted | Quitted | NickChanged
+    | WhoReply | RoomsReply | HistoryReply | BansReply | Ack | Error | Pong | Bye
+)
+"""Every event the node sends (what the codecs' renderers encode)."""
+
+EVENT_TYPES: tuple[type[Event], ...] = get_args(Event)
+"""The classes of :data:`Event`, in declaration order."""

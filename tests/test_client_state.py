@@ -11,9 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cli.client.shown import Shown, plain, safe
-from cli.client.state import CATCHUP_PAGE, Address, ClientState, id_key
+from cli.client.state import CATCHUP_PAGE, COMMANDS, Address, ClientState, id_key
 from node.errors import ProtocolError
-from node.protocol import JSON, TEXT
+from node.model import Help, History, Join, Me, Part, Quit, Who
+from node.protocol import JSON, TEXT, USAGE
+from node.textcodec import command_word
 
 A, B = Address("a", 1), Address("b", 2)
 
@@ -266,7 +268,8 @@ def test_account_and_operator_commands_go_out_as_their_json_ops() -> None:
 def test_bad_arguments_are_caught_before_sending() -> None:
     s = ClientState([A], "me")
     welcomed(s)
-    for line in ("/register", "/ban bob 0m", "/kick", "/login alice", "/bans all"):
+    for line in ("/register", "/ban bob 0m", "/kick", "/login alice", "/bans all",
+                 "/nick a b", "/join a b", "/who a b", "/part a b", "/history ５"):
         shown, ops = s.command(line)
         assert ops == [] and [x.code for x in shown] == ["bad-args"], line
         assert shown[0].text.startswith("usage:") or "duration" in shown[0].text, line
@@ -332,3 +335,69 @@ def test_the_op_sent_means_what_the_line_means_to_a_node(line: str) -> None:
     assert shown == []
     sent = JSON.parse(json.dumps(op), True)
     assert sent == replace(typed, ref=op["ref"])  # type: ignore[type-var]
+
+
+_said = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), min_size=1,
+                max_size=20)
+_typed = st.one_of(
+    _lines,
+    st.builds(lambda n, t: f"/msg {n} {t}", _words, _said),
+    st.builds(lambda n: f"/nick {n}", _words),
+    st.builds(lambda r: f"/who {r}", _words), st.just("/who"),
+    st.just("/rooms"),
+    st.builds(lambda n: f"/history {n}", st.integers(1, 10**6)), st.just("/history"),
+    st.builds(lambda r: f"/part {r}", _words), st.just("/part"),
+    st.builds(lambda r: f"/join #{r}", _words), st.just("/join lobby"),
+    st.builds(lambda t: f"/QUIT {t}", _said), st.just("/q"),
+    st.builds(lambda t: f"/me {t}", _said),
+    st.just("/help"), st.just("/ping"), st.just("/auth t0ken"),
+    st.text(max_size=30).map(lambda t: f"/{t}"),  # anything at all after the slash
+)
+
+
+@settings(max_examples=500)
+@given(line=_typed)
+def test_every_typed_command_goes_out_as_what_it_means_to_a_node(line: str) -> None:
+    """A /command the client sends is the command a node in text mode reads from the line,
+    with the client's current room where the line names none."""
+    s = ClientState([A], "me")
+    hist, _ = welcomed(s)
+    s.handle(history_reply(hist, []))
+    shown, ops = s.command(line)
+    word = command_word(line.rstrip("\r\n"))
+    if word is None:  # "//...": said
+        assert [op["op"] for op in ops] == ["say"]
+        return
+    if f"/{word}" not in COMMANDS:  # /ping, /auth and the unknown ones
+        assert ops == [] and [x.code for x in shown] == ["unknown-command"]
+        return
+    try:
+        typed: Any = TEXT.parse(line.rstrip("\r\n"), True)
+    except ProtocolError as exc:
+        assert ops == [] and [x.code for x in shown] == [exc.code]
+        return
+    if isinstance(typed, Help) or (isinstance(typed, Join) and typed.room == "lobby"):
+        assert ops == [] and [x.kind for x in shown] == ["notice"]
+        return
+    [op] = ops
+    sent = JSON.parse(json.dumps(op), True)
+    if isinstance(typed, Join):
+        typed = replace(typed, room=typed.room.lstrip("#").lower())
+    if isinstance(typed, Me | Part | Who | History) and typed.room is None:
+        typed = replace(typed, room="lobby")
+    assert sent == replace(typed, ref=op.get("ref"))
+    assert s.quitting == isinstance(typed, Quit)
+
+
+def test_typed_commands_follow_the_nodes_grammar() -> None:
+    s = ClientState([A], "me")
+    welcomed(s)
+    # what the node's text mode refuses, the client refuses with the node's words
+    assert s.command("/nick a b")[0][0].text == USAGE["nick"]
+    assert s.command("/history ５")[0][0].text == USAGE["history"]
+    # and reads what it reads
+    assert s.command("/join\tdev")[1][0]["room"] == "dev"
+    assert s.command("/MSG\tbob  hi")[1][0]["text"] == "hi"
+    for line in ("/ping", "/auth secret", "/frob x"):
+        shown, ops = s.command(line)
+        assert ops == [] and shown[0].code == "unknown-command", line

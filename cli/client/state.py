@@ -17,24 +17,54 @@ Theory of operation
   not taken for another message's.  After a failover a pending message got through if an
   unexplained echo of the same room and text came, live before the failure or in the
   room's catch-up; the others are sent again, so nothing is lost and nothing said twice.
-* Account and operator commands (``/register``, ``/password``, ``/login``, ``/oper``,
-  ``/kick``, ``/ban``, ``/unban``, ``/mute``, ``/unmute``, ``/bans``) are parsed by the
-  node's own text-mode parser and sent as the JSON op of the same name; a password the
-  cluster accepted (``/register``, ``/password``, ``/login``) becomes the one the client
-  logs in with after a failover that cannot resume.
+* A typed ``/command`` is parsed by the node's own text-mode parser and goes out as the
+  op the node's JSON codec encodes for that command, so it means what the line would mean
+  to a node in text mode.  The client fills in its current room where the line names none
+  (``/me``, ``/part``, ``/who``, ``/history``), and a ``/join`` of a room it is in already
+  only makes that room current.  A password the cluster accepted (``/register``,
+  ``/password``, ``/login``) becomes the one the client logs in with after a failover that
+  cannot resume.
 * ``next_address()`` walks the node addresses round-robin.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, assert_never
 
 from node.errors import EmptyText, ProtocolError
-from node.model import Login, Password, Register
+from node.jsoncodec import JSON
+from node.model import (
+    Auth,
+    Ban,
+    Bans,
+    BlankLine,
+    Command,
+    Hello,
+    Help,
+    History,
+    Join,
+    Kick,
+    Login,
+    Me,
+    Msg,
+    Mute,
+    Nick,
+    Oper,
+    Part,
+    Password,
+    Ping,
+    Quit,
+    Register,
+    Rooms,
+    Say,
+    Unban,
+    Unmute,
+    Who,
+)
 from node.names import clean_text
-from node.protocol import TEXT
+from node.textcodec import TEXT, USAGE, command_word
 
 from .shown import Shown, safe
 
@@ -42,12 +72,10 @@ __all__ = ["COMMANDS", "HELP", "Address", "ClientState", "Op", "id_key"]
 
 Op = dict[str, Any]
 
-_SERVER_COMMANDS = ("/register", "/password", "/login", "/oper", "/kick", "/ban", "/unban",
-                    "/mute", "/unmute", "/bans")
-"""Account and operator commands: parsed like the node's text mode, sent as JSON ops."""
 COMMANDS = ("/join", "/part", "/msg", "/me", "/nick", "/who", "/rooms", "/history", "/help",
-            "/quit", "/exit", "/q", "/close", "/disconnect", *_SERVER_COMMANDS)
-_QUITS = {"/quit", "/exit", "/q", "/close", "/disconnect"}
+            "/quit", "/exit", "/q", "/close", "/disconnect", "/register", "/password",
+            "/login", "/oper", "/kick", "/ban", "/unban", "/mute", "/unmute", "/bans")
+"""The /commands the client offers (the node's text mode also has /auth and /ping)."""
 
 HELP = """/join ROOM  /part [ROOM]  /msg NICK TEXT  /me TEXT  /nick NEW  /who [ROOM]
 /rooms  /history [N]  /quit [REASON]  (//text says a line starting with /)
@@ -432,87 +460,78 @@ class ClientState:
     # ------------------------------------------------------------------ user input
 
     def _say_op(self, ref: str, p: _Pending) -> Op:
-        return {"op": "me" if p.action else "say", "room": p.room, "text": p.text, "ref": ref}
+        said = Me if p.action else Say
+        return JSON.encode_command(said(text=p.text, room=p.room, ref=ref))
 
     def command(self, line: str) -> tuple[list[Shown], list[Op]]:
-        """A line the user typed: text to say, or a /command."""
+        """A line the user typed: text to say, or a /command (see the module docstring)."""
         line = line.rstrip("\r\n")
         if not line.strip():
             return [], []
-        if line.startswith("//") or not line.startswith("/"):
+        word = command_word(line)
+        if word is None:
             return self._say(line[1:] if line.startswith("//") else line, action=False)
-        word, _, rest = line.partition(" ")
-        word, rest = word.lower(), rest.strip()
-        if word in _QUITS:
-            self.quitting = True
-            return [], [{"op": "quit", **({"reason": rest} if rest else {})}]
-        if word == "/me":
-            return self._say(rest, action=True) if rest else _usage("/me TEXT")
-        if word == "/help":
-            return [Shown("notice", HELP)], []
-        if word == "/join":
-            if not rest:
-                return _usage("/join ROOM")
-            room = rest.split()[0].lstrip("#").lower()
-            if room in self.rooms:  # already in it: make it the current room
-                self.rooms.remove(room)
-                self.rooms.append(room)
-                return [Shown("notice", f"current room is now {room}")], []
-            return [], [{"op": "join", "room": room, "ref": self._ref("j")}]
-        if word == "/part":
-            target = rest.split()[0] if rest else self.room
-            if target is None:
-                return _usage("/part [ROOM]")
-            return [], [{"op": "part", "room": target, "ref": self._ref("p")}]
-        if word == "/msg":
-            to, _, text = rest.partition(" ")
-            if not to or not text.strip():
-                return _usage("/msg NICK TEXT")
-            return [], [{"op": "msg", "to": to, "text": text, "ref": self._ref("m")}]
-        if word == "/nick":
-            return ([], [{"op": "nick", "nick": rest.split()[0], "ref": self._ref("n")}]) \
-                if rest else _usage("/nick NEW")
-        if word in ("/who", "/rooms", "/history"):
-            return self._ask(word, rest)
-        if word in _SERVER_COMMANDS:
-            return self._server_command(line)
-        return [Shown("error", f"unknown command {safe(word)}; /help lists them",
-                      code="unknown-command")], []
-
-    def _server_command(self, line: str) -> tuple[list[Shown], list[Op]]:
-        """An account or operator command: the node's text parser checks the arguments,
-        and the command goes out as the JSON op of the same name and fields."""
+        if f"/{word}" not in COMMANDS:
+            return _unknown(line)
         try:
             cmd = TEXT.parse(line, True)
         except ProtocolError as exc:
             return [Shown("error", safe(exc.text), code=exc.code)], []
         if cmd is None:
             return [], []
-        ref = self._ref("c")
-        op: Op = {"op": type(cmd).__name__.lower()}
-        for f in fields(cmd):
-            value = getattr(cmd, f.name)
-            if f.name != "ref" and value is not None:
-                op[f.name] = value
-        op["ref"] = ref
-        if isinstance(cmd, Register | Password | Login):
-            self._passwords[ref] = cmd.password
-        return [], [op]
+        return self._run(cmd, line)
 
-    def _ask(self, word: str, rest: str) -> tuple[list[Shown], list[Op]]:
-        ref = self._ref("a")
-        self._asked.add(ref)
-        if word == "/rooms":
-            return [], [{"op": "rooms", "ref": ref}]
-        if word == "/who":
-            room = rest.split()[0] if rest else self.room
-            return [], [{"op": "who", "ref": ref, **({"room": room} if room else {})}]
-        op: Op = {"op": "history", "ref": ref, "room": self.room}
-        if rest:
-            if not rest.isdigit() or int(rest) < 1:
-                self._asked.discard(ref)
-                return _usage("/history [N]")
-            op["limit"] = int(rest)
+    def _run(self, cmd: Command, line: str) -> tuple[list[Shown], list[Op]]:
+        """What to show and send for a /command the node's parser read from ``line``."""
+        match cmd:
+            case Me(text=text):
+                return self._say(text, action=True)
+            case Join(room=raw):
+                room = raw.lstrip("#").lower()
+                if room in self.rooms:  # already in it: make it the current room
+                    self.rooms.remove(room)
+                    self.rooms.append(room)
+                    return [Shown("notice", f"current room is now {room}")], []
+                return [], [self._op(Join(room=room), "j")]
+            case Part(room=named):
+                if (target := named or self.room) is None:
+                    return _usage(USAGE["part"])
+                return [], [self._op(Part(room=target), "p")]
+            case Msg():
+                return [], [self._op(cmd, "m")]
+            case Nick():
+                return [], [self._op(cmd, "n")]
+            case Who(room=named):
+                return self._ask(Who(room=named or self.room))
+            case Rooms():
+                return self._ask(cmd)
+            case History(limit=limit):
+                return self._ask(History(room=self.room, limit=limit))
+            case Help():
+                return [Shown("notice", HELP)], []
+            case Quit():
+                self.quitting = True
+                return [], [JSON.encode_command(cmd)]
+            case Register(password=password) | Password(password=password) | \
+                    Login(password=password):
+                op = self._op(cmd, "c")
+                self._passwords[op["ref"]] = password  # ours once the cluster acks it
+                return [], [op]
+            case Oper() | Kick() | Ban() | Unban() | Mute() | Unmute() | Bans():
+                return [], [self._op(cmd, "c")]
+            case Hello() | Say() | BlankLine() | Auth() | Ping():
+                return _unknown(line)  # not offered here (COMMANDS keeps these out)
+            case _:
+                assert_never(cmd)
+
+    def _op(self, cmd: Command, kind: str) -> Op:
+        """``cmd`` as the op the node's JSON codec writes for it, under a new ref."""
+        return {**JSON.encode_command(cmd), "ref": self._ref(kind)}
+
+    def _ask(self, cmd: Who | Rooms | History) -> tuple[list[Shown], list[Op]]:
+        """A question whose answer is shown to the user (not only tracked)."""
+        op = self._op(cmd, "a")
+        self._asked.add(op["ref"])
         return [], [op]
 
     def _say(self, text: str, action: bool) -> tuple[list[Shown], list[Op]]:
@@ -536,4 +555,10 @@ def _as_relayed(text: str) -> str | None:
 
 
 def _usage(text: str) -> tuple[list[Shown], list[Op]]:
-    return [Shown("error", f"usage: {text}", code="bad-args")], []
+    return [Shown("error", text, code="bad-args")], []
+
+
+def _unknown(line: str) -> tuple[list[Shown], list[Op]]:
+    word = line.partition(" ")[0].lower()
+    return [Shown("error", f"unknown command {safe(word)}; /help lists them",
+                  code="unknown-command")], []
