@@ -98,6 +98,8 @@ class Bus:
         self._ready = asyncio.Event()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._rebuild = False
+        self._confirming: set[str] | None = None
+        """Channels a library reconnect resubscribed that Redis has not confirmed yet."""
         self._policy_checked = False
         self._epoch: bytes | str | None = None
         self._subscribed_at = 0.0
@@ -182,6 +184,7 @@ class Bus:
         delays: Iterator[float] | None = None
         while True:
             pubsub = self._watch_reconnects(self._redis.pubsub())
+            self._confirming = None
             try:
                 await self.load_scripts()
                 if self._sync_clock is not None:
@@ -234,7 +237,11 @@ class Bus:
             await original(connection)
             self.stats.reconnects += 1
             log.info("relay subscribed", by="client library reconnect")
-            self._sink.on_resubscribed()
+            # the SUBSCRIBEs are sent, not yet in force: a repair reading the stream now
+            # could read it before them, and miss what is published in between
+            self._confirming = {_text(c) for c in pubsub.channels}
+            if not self._confirming:
+                self._resubscribed()
 
         # a bound method: redis-py keeps connect callbacks as weak *methods*
         pubsub.on_connect = types.MethodType(on_connect, pubsub)  # type: ignore[method-assign]
@@ -294,9 +301,19 @@ class Bus:
                 return
             self._sink.on_envelope(envelope)
         elif kind == "subscribe":
-            for waiter in self._waiters.pop(_text(message["channel"]), []):
+            channel = _text(message["channel"])
+            for waiter in self._waiters.pop(channel, []):
                 if not waiter.done():
                     waiter.set_result(None)
+            if self._confirming is not None:
+                self._confirming.discard(channel)
+                if not self._confirming:
+                    self._resubscribed()
+
+    def _resubscribed(self) -> None:
+        """Every channel of a library reconnect is subscribed again: repair the gap."""
+        self._confirming = None
+        self._sink.on_resubscribed()
 
     # ------------------------------------------------------------------ liveness
 

@@ -80,6 +80,8 @@ class Hub(BusSink):
         self._told: OrderedDict[str, set[Member]] = OrderedDict()
         """Recipients of recent quits and renames by ``eid`` (one per room of the user),
         so a member of several of its rooms is told once."""
+        self._again: set[str] = set()
+        """Rooms whose subscription broke again while their repair ran."""
         self._subs: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -242,16 +244,16 @@ class Hub(BusSink):
         return fresh
 
     def on_resubscribed(self) -> None:
-        """The bus subscription came back: repair every room from its stream."""
-        for room in list(self.rooms):
-            self.background(self._repair(room))
+        """The bus subscription came back: repair every room from its stream.  Each room
+        starts holding its live events *now*, before the listener hands over the next one:
+        a live event delivered first would move the room's mark past the gap."""
+        for room, local in list(self.rooms.items()):
+            if local.feed.held is not None:  # a repair is reading the stream already:
+                self._again.add(room)        # it may have read before this gap
+                continue
+            self.background(self._repair(room, local, local.feed.begin_repair()))
 
-    async def _repair(self, room: str) -> None:
-        local = self.rooms.get(room)
-        if local is None or local.feed.held is not None:
-            return
-        feed = local.feed
-        after = feed.begin_repair()
+    async def _repair(self, room: str, local: LocalRoom[Member], after: str | None) -> None:
         fetched: list[env.RoomEvent] = []
         # the fault that cut the subscription often breaks the next command too: try
         # again (live events wait meanwhile) for as long as the outbox holds messages
@@ -288,6 +290,9 @@ class Hub(BusSink):
                 log.info("gap repaired", room=room, events=repaired)
             for event in events:
                 self._deliver(event, local.recipients(event))
+            if room in self._again:  # another gap opened while this repair ran
+                self._again.discard(room)
+                self.background(self._repair(room, local, local.feed.begin_repair()))
 
     def fan_out(self, event: Event, targets: Iterable[Member], skip_sid: str = "") -> None:
         """Render once per wire mode; queue the same bytes to every recipient."""

@@ -239,3 +239,36 @@ async def test_a_redis_that_hides_its_config_is_used_with_a_warning(
         async with listening(bus):
             assert bus.ready
     assert "cannot check redis maxmemory-policy" in [e["event"] for e in logs]
+
+
+async def test_a_library_reconnect_is_reported_once_redis_confirmed_the_channels(
+        fake_redis: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis-py sends the SUBSCRIBEs of a reconnect without waiting for them: the repair
+    (which reads the streams on another connection) must start only once Redis confirmed
+    them, or what is published between its read and the SUBSCRIBE is lost."""
+    sink = Sink()
+    bus = make_bus(fake_redis, sink)
+    order: list[str] = []
+    dispatch = bus._dispatch
+
+    def recording(message: dict[str, Any]) -> None:
+        if message["type"] == "subscribe":
+            order.append("confirmed")
+        dispatch(message)
+
+    monkeypatch.setattr(bus, "_dispatch", recording)
+    resubscribed = sink.on_resubscribed
+
+    def noted() -> None:
+        order.append("reported")
+        resubscribed()
+
+    monkeypatch.setattr(sink, "on_resubscribed", noted)
+    async with listening(bus):
+        pubsub = bus.pubsub
+        assert pubsub is not None and pubsub.connection is not None
+        channels = len(pubsub.channels)
+        order.clear()
+        await pubsub.connection.disconnect()
+        await sink.wait_for(lambda: sink.resubscribed == 1)
+    assert order == ["confirmed"] * channels + ["reported"]
