@@ -75,15 +75,23 @@ async def text_registration(a: int, b: int, speaker: Member, i: int) -> list[str
     return [] if seen == text_expected(nick, "lobby", i) else seen
 
 
+async def hears(c: JsonClient, speaker: Member, nick: str, room: str, i: int
+                ) -> list[tuple[str, str]]:
+    """Once the newcomer has its answer: the speaker says its lines; what the newcomer
+    heard of the room up to the marker; then it quits (its node unsubscribes)."""
+    say_lines(speaker, room, i)
+    seen = await json_until_end(c, room, i)
+    await c.op("quit")
+    await speaker.event("quit", nick=nick)
+    return seen
+
+
 async def json_registration(a: int, b: int, speaker: Member, i: int) -> list[Any]:
     nick = f"jr{i}"
     c = await JsonClient.connect(b)
     await c.op("hello", nick=nick)
     await c.event("welcome")
-    say_lines(speaker, "lobby", i)
-    seen = await json_until_end(c, "lobby", i)
-    await c.op("quit")
-    await speaker.event("quit", nick=nick)
+    seen = await hears(c, speaker, nick, "lobby", i)
     return [] if seen == json_expected(nick, i) else seen
 
 
@@ -114,10 +122,7 @@ async def json_join(a: int, b: int, speaker: Member, i: int) -> list[Any]:
     while (obj := json.loads(await c.line())).get("ev") != "ack":
         if obj.get("room") == room and obj.get("ev") == "join":
             seen.append(("join", obj["nick"]))
-    say_lines(speaker, room, i)
-    seen += await json_until_end(c, room, i)
-    await c.op("quit")
-    await speaker.event("quit", nick=nick)
+    seen += await hears(c, speaker, nick, room, i)
     return [] if seen == json_expected(nick, i) else seen
 
 
@@ -127,10 +132,7 @@ async def hello_with_rooms(a: int, b: int, speaker: Member, i: int) -> list[Any]
     c = await JsonClient.connect(b)
     await c.op("hello", nick=nick, rooms=[room])
     await c.event("welcome")
-    say_lines(speaker, room, i)
-    seen = await json_until_end(c, room, i)
-    await c.op("quit")
-    await speaker.event("quit", nick=nick)
+    seen = await hears(c, speaker, nick, room, i)
     return [] if seen == json_expected(nick, i) else seen
 
 
@@ -146,10 +148,7 @@ async def resume_elsewhere(a: int, b: int, speaker: Member, i: int) -> list[Any]
     await c.op("hello", nick=nick, token=token, rooms=[room])
     welcome = await c.event("welcome")
     assert welcome.get("resumed") is True
-    say_lines(speaker, room, i)
-    seen = await json_until_end(c, room, i)
-    await c.op("quit")
-    await speaker.event("quit", nick=nick)
+    seen = await hears(c, speaker, nick, room, i)
     await first.close()  # told nick-lost by now or soon: its node ends it quietly
     return [] if seen == json_expected(None, i) else seen
 
