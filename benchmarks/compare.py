@@ -11,7 +11,9 @@ the baseline servers, the load generator processes).  Measurements, each short:
    rate whose step had p99 ≤ 50 ms and nothing lost, duplicated, out of order or corrupted.
 2. **Isolation** — 20 clients, 1000-byte messages at 1000 msg/s, without and with one
    client that never reads: the others' deliveries/s and p99.
-3. **Scale** (hubbub) — 20,000 idle connections on one node (RSS per connection); 2,000
+3. **Flat out** — 100 clients in one room each send 200 lines as fast as TCP allows, for
+   the three servers: deliveries/s, lines refused, p50/p99.
+4. **Scale** (hubbub) — 20,000 idle connections on one node (RSS per connection); 2,000
    rooms x 5 members over 3 nodes (subscribed channels per node, Redis CPU); the highest
    sustained rate with 1, 2 and 3 nodes (100 clients, one room).
 
@@ -103,6 +105,13 @@ async def measure(quick: bool, only: set[str]) -> dict[str, Any]:
                             duration=4.0 if quick else 8.0, warmup=0.5, drain_within=3.0)
         for kind in SERVERS:
             out["latency"][kind] = await _bench(kind, fixed, f"latency {kind} at 50k/s")
+    if "flatout" in only:
+        out["flatout"] = {}
+        flat = BenchConfig(targets=(("127.0.0.1", 0),), clients=100, rate=0,
+                           flat_out=50 if quick else 200, duration=60.0, warmup=0.0,
+                           drain_within=30.0, connect_concurrency=200)
+        for kind in SERVERS:
+            out["flatout"][kind] = await _bench(kind, flat, f"flat out {kind}")
     if "isolation" in only:
         out["isolation"] = {}
         base = BenchConfig(targets=(("127.0.0.1", 0),), clients=20, rate=1000, size=1000,
@@ -192,6 +201,22 @@ def _fail(result: dict[str, Any]) -> str:
     return f"at {_n(f['rate'])} msg/s: " + "; ".join(f["failed_because"]) + note
 
 
+def cpu_per_delivery(step: dict[str, Any] | None) -> float | None:
+    """Server CPU microseconds per delivery over a step: the nodes (or the baseline
+    server) plus Redis when there is one."""
+    if not step:
+        return None
+    server = step.get("server", {})
+    node = server.get("node_us_per_delivery")
+    if node is None:
+        return None
+    return float(node + (server.get("redis_us_per_delivery") or 0.0))
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "—" if a is None or not b else f"{a / b:.2f}x"
+
+
 def tables(out: dict[str, Any]) -> str:
     m = out["machine"]
     lines = [
@@ -204,16 +229,29 @@ def tables(out: dict[str, Any]) -> str:
     if "throughput" in out:
         lines += ["### Highest sustained rate, one room", "",
                   "| server | clients | msg/s | deliveries/s | p50 ms | p99 ms | gen CPU % "
-                  "| server CPU % | next step failed |",
-                  "|---|--:|--:|--:|--:|--:|--:|--:|---|"]
+                  "| server CPU % | server CPU µs/delivery | next step failed |",
+                  "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+        by: dict[tuple[str, str], dict[str, Any] | None] = {}
         for key, r in out["throughput"].items():
             kind, c = key.split("/")
             s = r.get("sustained")
+            by[kind, c] = s
             cpu = " + ".join(_n(n["cpu_pct"]) for n in s["server"]["nodes"]) if s else "—"
+            us = cpu_per_delivery(s)
             lines.append(
                 f"| {kind} | {c} | {_n(s and s['rate'])} | {_n(s and s['deliveries_per_s'])} "
                 f"| {_ms(s and s['p50_ms'])} | {_ms(s and s['p99_ms'])} "
-                f"| {_n(s and s['gen_cpu_pct'])} | {cpu} | {_fail(r)} |")
+                f"| {_n(s and s['gen_cpu_pct'])} | {cpu} | {_n(us, 2)} | {_fail(r)} |")
+        lines += ["", "Ratios in this run (hubbub's server CPU per delivery counts its nodes "
+                  "and Redis; sustained rates are deliveries/s):", "",
+                  "| clients | CPU/delivery vs ceiling | sustained vs ceiling "
+                  "| sustained vs tutorial |", "|--:|--:|--:|--:|"]
+        for c in sorted({c for _, c in by}, key=int):
+            h, ce, tu = by.get(("hubbub", c)), by.get(("ceiling", c)), by.get(("tutorial", c))
+            lines.append(
+                f"| {c} | {_ratio(cpu_per_delivery(h), cpu_per_delivery(ce))} "
+                f"| {_ratio(h and h['deliveries_per_s'], ce and ce['deliveries_per_s'])} "
+                f"| {_ratio(h and h['deliveries_per_s'], tu and tu['deliveries_per_s'])} |")
         lines.append("")
     if "latency" in out:
         lines += ["### Latency at a fixed 50,000 deliveries/s", "",
@@ -234,6 +272,21 @@ def tables(out: dict[str, Any]) -> str:
         if "hubbub" in p99 and p99.get("ceiling"):
             lines += ["", f"hubbub's p99 is {p99['hubbub'] / p99['ceiling']:.1f}x the "
                       "ceiling's at the same load."]
+        lines.append("")
+    if "flatout" in out:
+        lines += ["### Flat out: everyone sends at once", "",
+                  "100 clients in one room each send their lines as fast as TCP allows "
+                  "(hubbub over 2 nodes); latency counts from the moment a line is handed "
+                  "to the socket.", "",
+                  "| server | lines per client | deliveries/s | refused | p50 ms | p99 ms "
+                  "| lost | corrupted |", "|---|--:|--:|--:|--:|--:|--:|--:|"]
+        for kind, r in out["flatout"].items():
+            s = r["steps"][0] if r.get("steps") else None
+            lines.append(
+                f"| {kind} | {_n(s and s['flat_out'])} | {_n(s and s['deliveries_per_s'])} "
+                f"| {_n(s and s['refused'])} | {_ms(s and s['p50_ms'])} "
+                f"| {_ms(s and s['p99_ms'])} | {_n(s and s['lost'])} "
+                f"| {_n(s and s['corrupted'])} |")
         lines.append("")
     if "isolation" in out:
         lines += ["### Isolation: one client that never reads", "",
@@ -309,7 +362,7 @@ def main(argv: list[str] | None = None,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="smaller and shorter (a smoke test, not figures to publish)")
-    ap.add_argument("--only", default="throughput,latency,isolation,idle,rooms,nodes",
+    ap.add_argument("--only", default="throughput,latency,flatout,isolation,idle,rooms,nodes",
                     help="comma-separated parts to run")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "PERFORMANCE.md")
     ap.add_argument("--no-write", action="store_true", help="print, do not edit the doc")

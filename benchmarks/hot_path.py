@@ -62,6 +62,7 @@ def processes(nodes: int, extra: list[str]) -> Iterator[list[int]]:
                  "--host", "127.0.0.1", "--port", str(port), "--http-port", "0",
                  "--redis-url", f"redis://127.0.0.1:{rport}/0", "--rate", "0",
                  "--max-per-ip", "0", "--conn-rate-per-ip", "0", "--max-connections", "0",
+                 "--list-rate", "0", "--room-create-rate", "0",
                  "--log-level", "warning", *extra],
                 stdout=subprocess.DEVNULL))
         deadline = time.monotonic() + 20

@@ -54,7 +54,8 @@ async def main(rooms: int, members: int, rate: float) -> None:
                 sys.executable, "-m", "cli", "node", "--host", "127.0.0.1", "--port",
                 str(ports[-1]), "--redis-url", url, "--node-id", f"n{i + 1}", "--rate", "0",
                 "--max-per-ip", "0", "--conn-rate-per-ip", "0", "--max-connections", "20000",
-                "--http-port", "0", "--log-json", "--log-level", "warning",
+                "--list-rate", "0", "--room-create-rate", "0", "--http-port", "0", "--log-json",
+                "--log-level", "warning",
                 stderr=asyncio.subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
             nodes.append(proc)
         r = aioredis.Redis.from_url(url, decode_responses=True)

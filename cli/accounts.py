@@ -9,14 +9,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from node.config import NodeConfig
 from node.errors import RelayUnavailable
 from node.keys import Keys
 from node.names import fold_nick
 from node.security import AccountStore, Hasher
+from node.startup import mode_problem
+from node.topology import ClusterTopology
 
 from .redis_client import connect_redis
+from .run_node import shard_url
 
 __all__ = ["account_app", "read_secret"]
 
@@ -52,9 +57,16 @@ def read_secret(value: str, path: str, what: str) -> str:
 def _run(url: str, prefix: str, ca: str, job: Any) -> Any:
     async def main() -> Any:
         redis = connect_redis(url, 5.0, max_connections=2, ca=ca or None)
+        topology: ClusterTopology | None = None
         try:
-            return await job(AccountStore(redis, Keys(prefix)))
+            if await _is_cluster_node(redis):  # the accounts live on one of its masters
+                topology = await ClusterTopology.discover(redis, lambda host, port: (
+                    connect_redis(shard_url(url, host, port), 5.0, max_connections=2,
+                                  ca=ca or None)))
+            return await job(AccountStore(topology or redis, Keys(prefix)))
         finally:
+            if topology is not None:
+                await topology.aclose()
             await redis.aclose()
 
     try:
@@ -62,6 +74,17 @@ def _run(url: str, prefix: str, ca: str, job: Any) -> Any:
     except RelayUnavailable as exc:
         typer.echo(f"! {exc.text}: {exc.__cause__}", err=True)
         raise typer.Exit(1) from None
+
+
+async def _is_cluster_node(redis: Redis) -> bool:
+    """Whether the URL names a node of a Redis Cluster (HELLO says ``mode: cluster``);
+    one that cannot say is taken for a standalone Redis (the command then fails as it
+    would)."""
+    try:
+        hello = await redis.execute_command("HELLO")  # type: ignore[no-untyped-call]
+    except RedisError:
+        return False
+    return mode_problem(hello, cluster=False) is not None
 
 
 @account_app.command("oper")

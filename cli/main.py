@@ -16,6 +16,7 @@ from node.logs import configure_logging, escape_text
 
 from .accounts import account_app
 from .options import node_config, node_options, option_label
+from .redis_cluster import DEFAULT_NODE_TIMEOUT_MS
 
 app = typer.Typer(
     help="hubbub: a horizontally scaled TCP chat cluster relaying through Redis.",
@@ -101,12 +102,26 @@ def cluster(
         show_default=False)] = None,
     lease_ttl: Annotated[float, typer.Option(help="Lease TTL given to every node.")
                          ] = _DEFAULTS.lease_ttl,
+    redis_shards: Annotated[int, typer.Option(
+        help="Start a local Redis Cluster of N masters (from the redis-server binary, on "
+        "free ports) instead of one Redis, and the nodes with --redis-cluster on it "
+        "(0: one standalone Redis).")] = 0,
+    redis_replicas: Annotated[int, typer.Option(
+        help="With --redis-shards: replicas of each master (a replica takes over when its "
+        "master dies).")] = 0,
+    redis_node_timeout: Annotated[int, typer.Option(
+        help="With --redis-shards: the cluster's cluster-node-timeout in ms, how long a "
+        "silent master has before its replica takes over (Redis's own default, 15000, "
+        "outlasts a node's outbox).")] = DEFAULT_NODE_TIMEOUT_MS,
 ) -> None:
-    """Start a local cluster: a Redis, then N nodes on consecutive ports (Ctrl+C stops all)."""
+    """Start a local cluster: a Redis (or a Redis Cluster), then N nodes on consecutive
+    ports (Ctrl+C stops all)."""
     from .cluster import run_cluster
 
     raise typer.Exit(run_cluster(nodes=nodes, base_port=base_port, redis_url=redis_url,
-                                 lease_ttl=lease_ttl))
+                                 lease_ttl=lease_ttl, redis_shards=redis_shards,
+                                 redis_replicas=redis_replicas,
+                                 redis_node_timeout=redis_node_timeout))
 
 
 
@@ -129,6 +144,11 @@ def bench(
     redis_url: Annotated[str | None, typer.Option(
         "--redis-url", help="With --nodes: the cluster's Redis, to report its CPU (INFO cpu).",
         show_default=False)] = None,
+    redis_shards: Annotated[int, typer.Option(
+        min=0, max=16, help="With --spawn: a local Redis Cluster of N masters instead of one "
+        "redis-server, the nodes running with --redis-cluster; Redis CPU is reported per "
+        "master. 1 is a one-master cluster (the cluster code path, to compare with 2 and "
+        "3); 0, one standalone redis-server.")] = 0,
     clients: Annotated[int, typer.Option(min=0, help="Measured clients (each sends and "
                                          "receives).")] = 100,
     rooms: Annotated[int, typer.Option(min=1, help="Rooms the clients are spread over "
@@ -139,8 +159,11 @@ def bench(
     per_client_rate: Annotated[float | None, typer.Option(
         min=0, help="Messages per second per client instead (total = this x --clients).",
         show_default=False)] = None,
-    duration: Annotated[float, typer.Option(min=0.1, help="Seconds of load (fixed rate).")
-                        ] = 10.0,
+    duration: Annotated[float, typer.Option(min=0.1, help="Seconds of load (fixed rate); "
+                                            "with --flat-out, its time limit.")] = 10.0,
+    flat_out: Annotated[int, typer.Option(
+        min=0, help="Instead of a rate: every client sends this many lines as fast as TCP "
+        "allows (one step); reports deliveries/s, lines refused and latency.")] = 0,
     ramp: Annotated[bool, typer.Option(
         "--ramp", help="Raise the rate step by step until a step fails twice (p99 over the "
         "bound, anything lost, duplicated, out of order, corrupted or disconnected), then "
@@ -185,6 +208,9 @@ def bench(
         raise typer.BadParameter("give exactly one of --nodes, --spawn or --baseline")
     if baseline and baseline not in ("ceiling", "tutorial"):
         raise typer.BadParameter("--baseline is ceiling or tutorial")
+    if redis_shards and not spawn:
+        raise typer.BadParameter("--redis-shards goes with --spawn (the Redis Cluster it "
+                                 "starts for the spawned nodes)")
     try:
         targets = parse_addresses(nodes) if nodes else [("127.0.0.1", 0)]
         http = parse_addresses(metrics) if metrics else []
@@ -195,11 +221,12 @@ def bench(
             step_seconds=step_seconds, ramp_factor=ramp_factor, ramp_refine=ramp_refine,
             warmup=warmup, size=size,
             idle=idle, hog=hog, workers=workers,
-            profile="plain" if plain or baseline else "hubbub", drain_within=drain_within)
+            profile="plain" if plain or baseline else "hubbub", drain_within=drain_within,
+            flat_out=flat_out)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     raise typer.Exit(run(config, spawn=spawn, baseline=baseline, metrics=http,
-                         redis_url=redis_url, json_out=json_out))
+                         redis_url=redis_url, json_out=json_out, redis_shards=redis_shards))
 
 
 # --------------------------------------------------------------------------- client commands
@@ -330,16 +357,23 @@ def who(
 
 @app.command()
 def rooms(node: _NodeOpt = None, tls: _TlsOpt = False, ca: _CaOpt = None,
-          secret: _SecretOpt = None) -> None:
-    """The cluster's rooms with their member counts (a table)."""
+          secret: _SecretOpt = None,
+          after: Annotated[str | None, typer.Option(
+              help="Start after this room (the next page).")] = None) -> None:
+    """The cluster's rooms with their member counts (a table), a page at a time."""
     from rich.console import Console
     from rich.table import Table
 
-    ev = _ask(_addresses(node), {"op": "rooms"}, _tls(tls, ca), secret)
-    table = Table(title="rooms")
+    op: dict[str, Any] = {"op": "rooms"} if after is None else {"op": "rooms", "after": after}
+    ev = _ask(_addresses(node), op, _tls(tls, ca), secret)
+    listed = [e for e in ev.get("rooms", []) if isinstance(e, dict)]
+    caption = None
+    if ev.get("more") is True and listed:
+        caption = f"more rooms follow: hubbub rooms --after {_plain_cell(listed[-1].get('room'))}"
+    table = Table(title="rooms", caption=caption)
     table.add_column("room")
     table.add_column("members", justify="right")
-    for entry in ev.get("rooms", []):
+    for entry in listed:
         table.add_row(_plain_cell(entry.get("room")), str(entry.get("members")))
     Console().print(table)
 

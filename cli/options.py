@@ -85,6 +85,8 @@ NODE_OPTIONS: Final = (
     NodeOption("host", "Address to listen on."),
     NodeOption("port", "Chat port (text and JSON clients)."),
     NodeOption("redis_url", "Redis URL shared by the cluster."),
+    NodeOption("redis_cluster", "--redis-url names a node of a Redis Cluster (7.0 or later): "
+                                "the node reads the slot map and talks to every master."),
     NodeOption("node_id", "Unique id of this node in the cluster (default: hostname-pid).",
                default=None),
     NodeOption("prefix", "Prefix of every Redis key and channel."),
@@ -102,14 +104,33 @@ NODE_OPTIONS: Final = (
                                    "slow."),
     NodeOption("history_max", "Events (messages and notices) kept per room (approximate)."),
     NodeOption("history_limit", "Most messages one /history returns."),
+    NodeOption("history_age", "Seconds room messages are kept and shown (0: no age limit, "
+                              "only --history-max)."),
+    NodeOption("room_idle_ttl", "Seconds an emptied room's history is kept; a join before "
+                                "then revives it, after it the room is gone."),
+    NodeOption("max_rooms", "Rooms in the cluster, with members or emptied and not yet "
+                            "expired; creating one more is refused (rooms-full) (0: no cap)."),
+    NodeOption("rooms_page", "Rooms per page of the room listing."),
     NodeOption("backlog", "Listen backlog: connections the kernel holds until the node accepts "
                           "them (a reconnect storm; capped by net.core.somaxconn)."),
     NodeOption("rate", "Messages (say, me, msg, nick, join, part) per second one client may "
                        "sustain; excess is delayed (0: unlimited)."),
     NodeOption("burst", "Messages one client may send at once before --rate applies."),
+    NodeOption("max_inflight", "Messages of one client on their way to Redis and not yet "
+                               "acknowledged; past it the node stops reading that client "
+                               "until acks come back (TCP slows the sender)."),
     NodeOption("flood_disconnect", "Disconnect a client (rate-limited) when more than this many "
                                    "messages had to be delayed with no pause that refilled its "
                                    "burst."),
+    NodeOption("list_rate", "Listing commands (rooms, who, history) per second one client may "
+                            "sustain, before registration too; excess waits (0: unlimited)."),
+    NodeOption("list_burst", "Listing commands one client may send at once before --list-rate "
+                             "applies."),
+    NodeOption("max_rooms_per_user", "Rooms one client may be in at once; one more is refused "
+                                     "(too-many-rooms).  Operators are exempt (0: no cap)."),
+    NodeOption("room_create_rate", "New rooms one address may create per minute, cluster-wide; "
+                                   "one more is refused (room-create-throttled).  Operators are "
+                                   "exempt (0: no cap)."),
     NodeOption("max_connections", "Open client connections per node (0: only the open-file limit "
                                   "minus 64)."),
     NodeOption("max_per_ip", "Open connections from one IPv4 address or IPv6 /64 (0: no cap; "
@@ -143,10 +164,19 @@ NODE_OPTIONS: Final = (
     NodeOption("outbox_max", "How many such messages the node holds at most."),
     NodeOption("publish_batch", "Most room messages sent to Redis in one round trip (messages "
                                 "said meanwhile share it)."),
+    NodeOption("bus_format", "How room events travel on the bus: 2, one batch per room per "
+                             "round, sharded pub/sub only; 1, the upgrade mode: one envelope "
+                             "each, published and subscribed both classic and sharded, so "
+                             "nodes of the previous release and of this one hear each other. "
+                             "Both formats are always read."),
     NodeOption("allow_eviction", "Run even if Redis may evict keys (a lost lease can grant a name "
                                  "twice)."),
     NodeOption("ready_window", "Seconds within which Redis must have answered and the bus canary "
                                "come back for /readyz to say ready."),
+    NodeOption("topology_refresh", "Seconds between readings of a Redis Cluster's slot map "
+                                   "(also read at once after a link error or a moved channel)."),
+    NodeOption("redis_sample_interval", "Seconds between the node's readings of Redis's memory "
+                                        "and its room and name counts for /metrics (0: none)."),
     NodeOption("tls_cert", "PEM certificate chain: serve TLS (1.2 or later) on the chat port, or "
                            "on --tls-port."),
     NodeOption("tls_key", "PEM private key of --tls-cert."),
@@ -182,6 +212,14 @@ NODE_OPTIONS: Final = (
                                 "elsewhere)."),
     NodeOption("ban_duration", "Seconds a /ban lasts when no duration is given."),
     NodeOption("mute_duration", "Seconds a /mute lasts when no duration is given."),
+    NodeOption("irc_port", "Serve IRC clients on this port (0: off; 6667 is conventional)."),
+    NodeOption("irc_tls_port", "Serve IRC over TLS (with --tls-cert) on this port (0: off; 6697 "
+                               "is conventional)."),
+    NodeOption("irc_server_name", "The one server name the cluster shows IRC clients."),
+    NodeOption("irc_motd_file", "A text file shown to IRC clients as the message of the day "
+                                "(default: none, numeric 422)."),
+    NodeOption("irc_oper_name", "The name IRC OPER must give with the operator secret "
+                                "(default: any name)."),
 )
 """Every option of ``hubbub node``, in the order ``--help`` lists them."""
 

@@ -11,11 +11,20 @@ session or a socket, so each is tested with a fake member and fakeredis.
 Policy, checked by the session in this order (see :func:`check`): registered first
 (unless ``unregistered``; ``access``: the access token before registration), operator
 only, refused while muted, then the flood guard (``throttled``: waits, or ends a client
-that stays over its rate).  ``ends``: the session is over once the handler ran.
+that stays over its rate; ``cost``: how many of its tokens the command takes, for a
+command doing the work of several), then the listing pace (``listing``: waits for the
+session's listing bucket, never refuses).  ``ends``: the session is over once the
+handler ran.
+
+What one session may hold is bounded here too: at most ``max_rooms_per_user`` rooms at
+once (operators exempt), a ``hello`` naming more joins the first ones and says which it
+did not join (``too-many-rooms``), and it costs one flood token per room it joins.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,14 +34,20 @@ import structlog
 
 from . import envelope as env
 from .config import NodeConfig
+from .durations import format_duration
 from .errors import (
     BadArguments,
+    CommandError,
+    HubbubError,
     NickTaken,
     NoSuchNick,
     NotInRoom,
     NotOperator,
     NotRegistered,
     RelayUnavailable,
+    RoomCreateThrottled,
+    RoomsFull,
+    TooManyRooms,
 )
 from .hub import Hub
 from .identity import Identity
@@ -44,6 +59,7 @@ from .model import (
     Bans,
     BlankLine,
     Bye,
+    Error,
     Hello,
     Help,
     History,
@@ -89,7 +105,8 @@ from .relay import Relay
 from .security import Security
 from .user import Member
 
-__all__ = ["COMMANDS", "HELP", "LOBBY", "Services", "Spec", "check", "spec_of"]
+__all__ = ["COMMANDS", "HELP", "LOBBY", "Services", "Spec", "check", "hello_cost", "join_room",
+           "room_cap", "spec_of"]
 
 log = structlog.get_logger("hubbub.session")
 
@@ -102,7 +119,7 @@ HELP = """commands:
 /me TEXT            action in the current room
 /nick NEW           change your nickname
 /who [ROOM]         who is in a room, cluster-wide
-/rooms              rooms and member counts, cluster-wide
+/rooms [AFTER]      rooms and member counts, cluster-wide, a page at a time
 /history [N]        the last N messages of the current room
 /ping               check the connection
 /quit [REASON]      leave (also /exit /q /close /disconnect)
@@ -134,6 +151,7 @@ class Services:
 
 
 Handler = Callable[[Services, Member, Any], Awaitable[env.RoomMsg | None]]
+Cost = Callable[[Services, Any], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +164,9 @@ class Spec:
     operator: bool = False
     muted: bool = False
     throttled: bool = False
+    cost: Cost | None = None
+    """Flood tokens the command takes (None: one)."""
+    listing: bool = False
     pipelined: bool = False
     ends: bool = False
 
@@ -188,6 +209,25 @@ async def help_(_: Services, m: Member, cmd: Help) -> None:
     m.send(Ack(cmd.ref))
 
 
+def room_cap(svc: Services, m: Member) -> int:
+    """Rooms ``m`` may be in at once (0: no cap; operators have none)."""
+    return 0 if m.user.oper else svc.config.max_rooms_per_user
+
+
+def hello_cost(svc: Services, cmd: Hello) -> int:
+    """A ``hello`` joins its rooms (the lobby when it names none): one flood token per
+    room it may join, as many separate joins would take."""
+    count = len(dict.fromkeys(cmd.rooms)) or 1
+    cap = svc.config.max_rooms_per_user
+    return min(count, cap) if cap else count
+
+
+def _not_joined(rooms: tuple[str, ...], cap: int) -> TooManyRooms:
+    shown = ", ".join(rooms[:10]) + (f" and {len(rooms) - 10} more" if len(rooms) > 10 else "")
+    return TooManyRooms(f"a session may be in {cap} rooms at most: joined the first {cap}, "
+                        f"not {shown}")
+
+
 async def hello(svc: Services, m: Member, cmd: Hello) -> None:
     """Register (or resume, or log in to) a nickname; see docs/PROTOCOL.md."""
     user = m.user
@@ -195,7 +235,8 @@ async def hello(svc: Services, m: Member, cmd: Hello) -> None:
         raise BadArguments(f"you are already registered as {user.nick}")
     nick = check_nick(cmd.nick)
     folded = fold_nick(nick)
-    rooms = tuple(dict.fromkeys(check_room(r) for r in cmd.rooms)) or (LOBBY,)
+    rooms = tuple(dict.fromkeys(check_room(r) for r in cmd.rooms)) or (
+        (LOBBY,) if cmd.lobby else ())
     if cmd.token is not None:
         check_token(cmd.token)  # empty or malformed: bad-args
     security, identity, hub = svc.security, svc.identity, svc.hub
@@ -221,13 +262,20 @@ async def hello(svc: Services, m: Member, cmd: Hello) -> None:
     structlog.contextvars.bind_contextvars(nick=nick)
     log.info("registered", mode=m.mode, resumed=resumed)
     await security.registered(m, admission, folded)  # login, operator, mute
+    cap = room_cap(svc, m)
+    over: tuple[str, ...] = ()
+    if cap and len(rooms) > cap:  # the first ones are joined; the rest is said below
+        rooms, over = rooms[:cap], rooms[cap:]
     # the welcome says the rooms are live: join them first (their events are kept
     # for this member meanwhile), answer, then hand over what it is owed
     joined: list[tuple[str, str]] = []
-    failure: RelayUnavailable | None = None
+    refused: list[CommandError] = []
+    failure: HubbubError | None = None
     for room in rooms:
         try:
-            joined.append((room, await hub.join(m, room, announce=not resumed)))
+            joined.append((room, await join_room(svc, m, room, announce=not resumed)))
+        except (RoomsFull, RoomCreateThrottled) as exc:
+            refused.append(exc)  # that room only: the others are joined all the same
         except RelayUnavailable as exc:
             failure = exc  # registered all the same: say so after the welcome
             break
@@ -237,8 +285,12 @@ async def hello(svc: Services, m: Member, cmd: Hello) -> None:
         m.send(Ack(cmd.ref))
     for room, floor in joined:
         hub.go_live(m, room, floor, announce=not resumed)
+    for refusal in refused:
+        m.send(Error(refusal.code, refusal.text, cmd.ref))
     if failure is not None:
         raise failure
+    if over:
+        raise _not_joined(over, cap)
 
 
 async def login(svc: Services, m: Member, cmd: Login) -> None:
@@ -263,11 +315,44 @@ def in_room(m: Member, raw: str | None) -> str:
     return room
 
 
+async def join_room(svc: Services, m: Member, room: str, *, announce: bool = True) -> str:
+    """Join ``room`` (see :meth:`~node.hub.Hub.join`); returns the floor for ``go_live``.
+
+    A join that may create the room is charged to the member's address first (new rooms
+    per address per minute, cluster-wide) and refunded when the room existed; at the cap
+    it may join only a room that exists.  Operators are not charged, nor is a join to a
+    room this node has members in (it exists)."""
+    user, hub = m.user, svc.hub
+    quota = svc.security.creates
+    if user.oper or not quota.cap or room in hub.rooms:
+        return (await hub.join(m, room, announce=announce)).floor
+    wait = await quota.charge(user.ip)
+    try:
+        joined = await hub.join(m, room, announce=announce, may_create=not wait)
+    except RoomCreateThrottled:
+        quota.refused += 1
+        raise RoomCreateThrottled(
+            f"{room} does not exist, and your address created {quota.cap} new rooms in the "
+            f"last minute; join an existing room, or create one in "
+            f"{format_duration(max(1.0, math.ceil(wait)))}") from None
+    except BaseException:
+        if not wait:
+            with contextlib.suppress(RelayUnavailable):  # else it expires with the minute
+                await quota.refund(user.ip)
+        raise
+    if not wait and not joined.created:
+        with contextlib.suppress(RelayUnavailable):
+            await quota.refund(user.ip)
+    return joined.floor
+
+
 async def say(_: Services, m: Member, cmd: Say | Me) -> env.RoomMsg:
     room = in_room(m, cmd.room)
     text = clean_text(cmd.text)
     user = m.user
-    return env.RoomMsg(room, user.nick, user.sid, text, isinstance(cmd, Me))
+    return env.RoomMsg(room, user.nick, user.sid, text, isinstance(cmd, Me),
+                       notice=isinstance(cmd, Say) and cmd.notice,
+                       tags=cmd.tags if isinstance(cmd, Say) else ())
 
 
 async def join(svc: Services, m: Member, cmd: Join) -> None:
@@ -278,14 +363,19 @@ async def join(svc: Services, m: Member, cmd: Join) -> None:
         rooms.append(room)
         m.send(Notice(f"current room is now {room}"))
     else:  # its own join, then what was said since, then the ack
-        svc.hub.go_live(m, room, await svc.hub.join(m, room))
+        cap = room_cap(svc, m)
+        if cap and len(rooms) >= cap:
+            raise TooManyRooms(f"you are in {len(rooms)} rooms, the most one session may be "
+                               f"in ({cap}); /part one first")
+        svc.hub.go_live(m, room, await join_room(svc, m, room))
     m.send(Ack(cmd.ref))
 
 
 async def part(svc: Services, m: Member, cmd: Part) -> None:
     room = in_room(m, cmd.room)
-    await svc.hub.part(m, room)
-    m.send(Parted(room, m.user.nick))
+    reason = clean_reason(cmd.reason)
+    await svc.hub.part(m, room, reason)
+    m.send(Parted(room, m.user.nick, reason))
     m.send(Ack(cmd.ref))
 
 
@@ -295,7 +385,10 @@ async def who(svc: Services, m: Member, cmd: Who) -> None:
 
 
 async def rooms_(svc: Services, m: Member, cmd: Rooms) -> None:
-    m.send(RoomsReply(tuple(await svc.relay.rooms()), cmd.ref))
+    after = check_room(cmd.after) if cmd.after is not None else None
+    page = svc.config.rooms_page
+    rooms, more = await svc.relay.rooms(after, min(cmd.limit or page, page))
+    m.send(RoomsReply(tuple(rooms), cmd.ref, more))
 
 
 async def history(svc: Services, m: Member, cmd: History) -> None:
@@ -304,8 +397,13 @@ async def history(svc: Services, m: Member, cmd: History) -> None:
     count = min(cmd.limit or cfg.history_default, cfg.history_limit)
     after = check_message_id(cmd.after) if cmd.after is not None else None
     msgs = await svc.relay.history(room, count, after)
+    # asked after the read: a trim racing it can only make the reply say incomplete
+    held = await svc.relay.continuity(room, after) if after is not None else None
     m.send(HistoryReply(room, tuple(
-        Message(e.room, e.sender, e.text, e.id, e.ts, e.action) for e in msgs), cmd.ref))
+        Message(e.room, e.sender, e.text, e.id, e.ts, e.action, e.notice, e.tags)
+        for e in msgs), cmd.ref,
+        complete=held is None or held.complete,
+        oldest=held.oldest if held is not None and not held.complete else None))
 
 
 # --------------------------------------------------------------------------- users
@@ -321,10 +419,11 @@ async def msg(svc: Services, m: Member, cmd: Msg) -> None:
     user = m.user
     now = time.time()
     pm = env.DirectMsg(sender=user.nick, sid=user.sid, to=info.nick, to_folded=to_folded,
-                       text=text, id=f"pm-{int(now * 1000)}-{user.sid}", ts=now)
+                       text=text, id=f"pm-{int(now * 1000)}-{user.sid}", ts=now,
+                       notice=cmd.notice, tags=cmd.tags)
     await svc.relay.private(pm, info.node)
     if m.codec.echo_own:
-        m.send(Private(pm.sender, pm.to, pm.text, pm.id, pm.ts))
+        m.send(Private(pm.sender, pm.to, pm.text, pm.id, pm.ts, pm.notice, pm.tags))
     m.send(Ack(cmd.ref, pm.id))
 
 
@@ -338,7 +437,7 @@ async def nick(svc: Services, m: Member, cmd: Nick) -> None:
 # --------------------------------------------------------------------------- the table
 
 COMMANDS: dict[type, Spec] = {
-    Hello: Spec(hello, unregistered=True),
+    Hello: Spec(hello, unregistered=True, throttled=True, cost=hello_cost),
     BlankLine: Spec(blank_line, unregistered=True),
     Quit: Spec(quit_, unregistered=True, ends=True),
     Ping: Spec(ping, unregistered=True),
@@ -349,9 +448,9 @@ COMMANDS: dict[type, Spec] = {
     Nick: Spec(nick, throttled=True),
     Join: Spec(join, throttled=True),
     Part: Spec(part, throttled=True),
-    Who: Spec(who, unregistered=True, access=True),
-    Rooms: Spec(rooms_, unregistered=True, access=True),
-    History: Spec(history),
+    Who: Spec(who, unregistered=True, access=True, listing=True),
+    Rooms: Spec(rooms_, unregistered=True, access=True, listing=True),
+    History: Spec(history, listing=True),
     # accounts and access (each says itself when it needs a name: see node.security)
     Auth: Spec(lambda s, m, c: s.security.auth(m, c), unregistered=True),
     Login: Spec(login, unregistered=True),

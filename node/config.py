@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 __all__ = ["ConfigError", "NodeConfig", "Problem", "default_node_id"]
 
 _NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
+_SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", re.ASCII)
 
 
 Problem = tuple[str, str]
@@ -46,6 +47,10 @@ class NodeConfig:
     port: int = 5051
     redis_url: str = field(default="redis://localhost:6379/0", repr=False)
     """May carry a user and password (never shown in a repr)."""
+    redis_cluster: bool = False
+    """``redis_url`` names a node of a Redis Cluster: the node reads the slot map from it
+    and talks to every master (a standalone URL with it, or a cluster node's without it,
+    is refused at start)."""
     prefix: str = "hubbub:"
     lease_ttl: float = 15.0
     """Seconds a nickname lease lives without renewal; names of a dead node are freed
@@ -68,6 +73,17 @@ class NodeConfig:
     """Messages returned by /history without a count."""
     history_limit: int = 200
     """Largest count /history accepts."""
+    history_age: float = 604800.0
+    """Seconds a room message is kept and shown (7 days; 0: no age limit, only
+    ``history_max``)."""
+    room_idle_ttl: float = 86400.0
+    """Seconds an emptied room's keys (its stream, its topic) live before Redis removes
+    them; a join before then revives the room as it was."""
+    max_rooms: int = 10000
+    """Rooms the cluster holds at once, with members or emptied and not yet expired; a
+    join that would create one more is refused (``rooms-full``) (0: no cap)."""
+    rooms_page: int = 100
+    """Rooms per page of the room listing."""
     backlog: int = 1024
     """Listen backlog (the asyncio default of 100 is too small for reconnect storms)."""
     rate: float = 5.0
@@ -75,9 +91,24 @@ class NodeConfig:
     sustain; excess is delayed (0: unlimited)."""
     burst: int = 20
     """Publishing commands one session may send at once before the rate applies."""
+    max_inflight: int = 64
+    """Messages of one session submitted for publishing and not yet answered; past it the
+    session stops reading its socket until the oldest is answered (TCP slows the sender)."""
     flood_disconnect: int = 100
     """A session is disconnected (``rate-limited``) when more than this many publishing
     commands had to wait for the rate with no pause long enough to refill the burst."""
+    list_rate: float = 1.0
+    """Listing commands (rooms, who, history) per second one session may sustain, before
+    registration too; excess waits, never refused (0: unlimited)."""
+    list_burst: int = 5
+    """Listing commands one session may send at once before ``list_rate`` applies."""
+    max_rooms_per_user: int = 50
+    """Rooms one session may be in at once (0: no cap); one more is refused with
+    ``too-many-rooms``.  Operators are exempt."""
+    room_create_rate: int = 10
+    """New rooms one client address may create per minute, cluster-wide (0: no cap); one
+    more is refused with ``room-create-throttled``.  Operators are exempt; joining a room
+    that exists is never counted."""
     max_connections: int = 10000
     """Open client connections per node (0: no cap of its own); never more than the
     open-file limit minus 64."""
@@ -124,6 +155,10 @@ class NodeConfig:
     """How many such messages a node holds; past either bound the sender is told."""
     publish_batch: int = 256
     """Most room messages sent to Redis in one round trip (one pipeline)."""
+    bus_format: int = 2
+    """How room messages travel on the bus: 2, one batch per room per publishing round;
+    1, one bus message each (what nodes of the previous release read: a rolling upgrade
+    from it runs 1 until no such node is left).  Both are always read."""
     allow_eviction: bool = False
     """Run even if Redis may evict keys (an evicted lease grants a name twice)."""
     http_host: str = "0.0.0.0"
@@ -135,6 +170,12 @@ class NodeConfig:
     ready_window: float = 3.0
     """A node is ready only if Redis answered and a canary came back within this many
     seconds."""
+    topology_refresh: float = 10.0
+    """Seconds between readings of a Redis Cluster's slot map by the bus (it is also read
+    at once after a link error or a channel pushed away by Redis)."""
+    redis_sample_interval: float = 5.0
+    """Seconds between the node's readings of Redis for /metrics (memory, rooms, names);
+    0: none."""
 
     # -- TLS on the chat port, and the Redis connection's trust (docs/SECURITY.md)
     tls_cert: str = ""
@@ -181,6 +222,18 @@ class NodeConfig:
     mute_duration: float = 600.0
     """Seconds a /mute lasts when no duration is given."""
 
+    # -- the IRC front end (docs/IRC.md)
+    irc_port: int = 0
+    """Port serving IRC clients (0: none; 6667 is conventional)."""
+    irc_tls_port: int = 0
+    """Port serving IRC over TLS with ``tls_cert`` (0: none; 6697 is conventional)."""
+    irc_server_name: str = "hubbub"
+    """The one server name the whole cluster shows IRC clients."""
+    irc_motd_file: str = ""
+    """A text file shown as the IRC message of the day ("": none, numeric 422)."""
+    irc_oper_name: str = ""
+    """The name IRC ``OPER <name> <secret>`` must give with the operator secret ("": any)."""
+
     def __post_init__(self) -> None:
         problems: list[Problem] = []
         add = problems.append
@@ -194,27 +247,41 @@ class NodeConfig:
             add(("max_line", "max line must be at least 64 bytes"))
         if self.max_buffer < self.max_line:
             add(("max_buffer", "max buffer must be at least max line"))
+        if self.redis_sample_interval < 0:
+            add(("redis_sample_interval", "redis sample interval must not be negative"))
+        for name in ("irc_port", "irc_tls_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                add((name, f"{name.replace('_', ' ')} must be 0-65535"))
+        if self.irc_tls_port and not self.tls_cert:
+            add(("irc_tls_port", "irc tls port needs a certificate (tls cert and key)"))
+        if not _SERVER_NAME.fullmatch(self.irc_server_name):
+            add(("irc_server_name", "irc server name must be 1-63 of A-Z a-z 0-9 . _ - "
+                                    "starting with a letter or digit"))
         if not 0 <= self.http_port <= 65535:
             add(("http_port", "http port must be 0-65535"))
+        if self.bus_format not in (1, 2):
+            add(("bus_format", "bus format must be 1 or 2"))
         if self.ready_window <= self.canary_interval:
             add(("ready_window", "ready window must be longer than the canary interval"))
         for name in ("register_timeout", "redis_timeout", "shutdown_grace", "reconnect_min",
-                     "reconnect_max",
-                     "canary_interval"):
+                     "reconnect_max", "canary_interval", "room_idle_ttl", "topology_refresh"):
             if getattr(self, name) <= 0:
                 add((name, f"{name.replace('_', ' ')} must be positive"))
-        for name in ("outbox_seconds", "redis_pool_wait", "redis_start_timeout"):
+        for name in ("outbox_seconds", "redis_pool_wait", "redis_start_timeout", "history_age",
+                     "max_rooms"):
             if getattr(self, name) < 0:
                 add((name, f"{name.replace('_', ' ')} must not be negative"))
         for name in ("send_queue_bytes", "send_queue_lines", "history_max", "history_default",
-                     "history_limit", "backlog", "publish_batch", "redis_pool"):
+                     "history_limit", "backlog", "publish_batch", "redis_pool", "rooms_page"):
             if getattr(self, name) < 1:
                 add((name, f"{name.replace('_', ' ')} must be at least 1"))
         for name in ("rate", "flood_disconnect", "max_connections", "max_per_ip",
-                     "conn_rate_per_ip", "keepalive_idle"):
+                     "conn_rate_per_ip", "keepalive_idle", "list_rate", "max_rooms_per_user",
+                     "room_create_rate"):
             if getattr(self, name) < 0:
                 add((name, f"{name.replace('_', ' ')} must not be negative"))
-        for name in ("burst", "conn_burst_per_ip", "keepalive_interval", "keepalive_count"):
+        for name in ("burst", "conn_burst_per_ip", "keepalive_interval", "keepalive_count",
+                     "list_burst", "max_inflight"):
             if getattr(self, name) < 1:
                 add((name, f"{name.replace('_', ' ')} must be at least 1"))
         problems.extend(_redis_url_problems(self.redis_url))

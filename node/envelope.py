@@ -6,6 +6,17 @@ stream and published on its channel by one script; it is serialized *without* it
 the script adds the stream id it got from ``XADD`` as the first member (``{"id":"…",`` +
 the rest), so the id every member sees is the one stored in the room's stream, and a node
 that missed some of a room's events fetches them, in the same order, from the stream.
+
+Versions
+--------
+* ``"v":1`` — one event per bus message: a join, a part, a quit, a rename, a private
+  message, a canary, a sanction, and (from nodes publishing the previous format) a room
+  message.  Stream entries are always single ``"v":1`` envelopes.
+* ``"v":2`` — a :class:`RoomBatch`: the messages one node published in one room in one
+  publishing round, in order, each the ``"v":1`` message envelope with its own stream id
+  (``{"v":2,"t":"batch","e":[{"id":…,"v":1,"t":"msg",…}, …]}``).  A node parses and
+  delivers a round at once.  Nodes of the previous release read only ``"v":1``, so a
+  cluster that still runs one publishes format 1 (``--bus-format 1``, see OPERATIONS.md).
 """
 
 from __future__ import annotations
@@ -18,23 +29,30 @@ from typing import Any, ClassVar, Self
 from .errors import HubbubError
 
 __all__ = [
+    "BATCH_VERSION",
     "VERSION",
     "BadEnvelope",
     "Canary",
     "DirectMsg",
     "Envelope",
+    "RoomBatch",
     "RoomEvent",
     "RoomJoin",
     "RoomMsg",
     "RoomNick",
     "RoomPart",
     "RoomQuit",
+    "RoomTopic",
     "Sanction",
     "parse",
     "ts_of_id",
 ]
 
 VERSION = 1
+"""The version of single-event envelopes."""
+
+BATCH_VERSION = 2
+"""The version of batch envelopes (:class:`RoomBatch`)."""
 
 
 class BadEnvelope(HubbubError):
@@ -55,6 +73,15 @@ def _dumps(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+
+def _tags(d: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """Client-only tags of a message envelope (anything unreadable is left out)."""
+    raw = d.get("tags")
+    if not isinstance(raw, dict):
+        return ()
+    return tuple((k, v) for k, v in raw.items()
+                 if isinstance(k, str) and k.startswith("+") and isinstance(v, str))
+
 @dataclass(frozen=True, slots=True)
 class RoomMsg:
     """A message said in a room; ``sid`` is the sending session, ``id`` the stream id."""
@@ -66,6 +93,9 @@ class RoomMsg:
     text: str
     action: bool = False
     id: str = ""
+    notice: bool = False
+    tags: tuple[tuple[str, str], ...] = ()
+    """IRCv3 client-only tags (``+name``, value)."""
 
     @property
     def ts(self) -> float:
@@ -76,6 +106,10 @@ class RoomMsg:
                                 "from": self.sender, "sid": self.sid, "text": self.text}
         if self.action:
             body["act"] = True
+        if self.notice:
+            body["ntc"] = True
+        if self.tags:
+            body["tags"] = dict(self.tags)
         if self.id:
             body = {"id": self.id, **body}
         return _dumps(body)
@@ -83,7 +117,8 @@ class RoomMsg:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RoomMsg:
         return cls(room=_s(d, "room"), sender=_s(d, "from"), sid=_s(d, "sid"),
-                   text=_s(d, "text"), action=bool(d.get("act", False)), id=_s(d, "id"))
+                   text=_s(d, "text"), action=bool(d.get("act", False)), id=_s(d, "id"),
+                   notice=d.get("ntc") is True, tags=_tags(d))
 
 
 def _with_id(body: dict[str, Any], stream_id: str) -> dict[str, Any]:
@@ -116,7 +151,23 @@ class RoomJoin(_Membership):
 
 @dataclass(frozen=True, slots=True)
 class RoomPart(_Membership):
+    """A part; ``reason``: the one the leaving user gave (IRC ``PART #room :reason``)."""
+
     kind: ClassVar[str] = "part"
+    reason: str | None = None
+
+    def serialize(self) -> bytes:
+        body: dict[str, Any] = {"v": VERSION, "t": self.kind, "room": self.room,
+                                "nick": self.nick}
+        if self.reason is not None:
+            body["reason"] = self.reason
+        return _dumps(_with_id(body, self.id))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Self:
+        reason = d.get("reason")
+        return cls(room=_s(d, "room"), nick=_s(d, "nick"), id=_s(d, "id"),
+                   reason=reason if isinstance(reason, str) else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,11 +233,18 @@ class DirectMsg:
     text: str
     id: str
     ts: float
+    notice: bool = False
+    tags: tuple[tuple[str, str], ...] = ()
 
     def serialize(self) -> bytes:
-        return _dumps({"v": VERSION, "t": self.kind, "from": self.sender, "sid": self.sid,
-                       "to": self.to, "tof": self.to_folded, "text": self.text,
-                       "id": self.id, "ts": self.ts})
+        body: dict[str, Any] = {"v": VERSION, "t": self.kind, "from": self.sender,
+                                "sid": self.sid, "to": self.to, "tof": self.to_folded,
+                                "text": self.text, "id": self.id, "ts": self.ts}
+        if self.notice:
+            body["ntc"] = True
+        if self.tags:
+            body["tags"] = dict(self.tags)
+        return _dumps(body)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DirectMsg:
@@ -200,7 +258,8 @@ class DirectMsg:
         if not math.isfinite(seconds):
             raise BadEnvelope("pm with an out-of-range ts")
         return cls(sender=_s(d, "from"), sid=_s(d, "sid"), to=_s(d, "to"),
-                   to_folded=_s(d, "tof"), text=_s(d, "text"), id=_s(d, "id"), ts=seconds)
+                   to_folded=_s(d, "tof"), text=_s(d, "text"), id=_s(d, "id"), ts=seconds,
+                   notice=d.get("ntc") is True, tags=_tags(d))
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,13 +322,67 @@ class Sanction:
                    seconds=value)
 
 
-RoomEvent = RoomMsg | RoomJoin | RoomPart | RoomQuit | RoomNick
+@dataclass(frozen=True, slots=True)
+class RoomTopic:
+    """A room's topic set (``text`` "": cleared) by ``nick``."""
+
+    kind: ClassVar[str] = "topic"
+    room: str
+    nick: str
+    text: str
+    id: str = ""
+
+    def serialize(self) -> bytes:
+        return _dumps(_with_id({"v": VERSION, "t": self.kind, "room": self.room,
+                                "nick": self.nick, "text": self.text}, self.id))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RoomTopic:
+        return cls(room=_s(d, "room"), nick=_s(d, "nick"), text=_s(d, "text"),
+                   id=_s(d, "id"))
+
+
+RoomEvent = RoomMsg | RoomJoin | RoomPart | RoomQuit | RoomNick | RoomTopic
 """What a room's stream holds and its channel carries, each with its stream id."""
 
-Envelope = RoomEvent | DirectMsg | Canary | Sanction
+
+@dataclass(frozen=True, slots=True)
+class RoomBatch:
+    """The messages of one room published in one round, in order, each with its stream
+    id (format 2 of the bus; see the module docstring).  Never stored in a stream."""
+
+    kind: ClassVar[str] = "batch"
+    room: str
+    msgs: tuple[RoomMsg, ...]
+
+    def serialize(self) -> bytes:
+        items = b",".join(m.serialize() for m in self.msgs)
+        return b'{"v":2,"t":"batch","e":[' + items + b"]}"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RoomBatch:
+        items = d.get("e")
+        if not isinstance(items, list) or not items:
+            raise BadEnvelope("batch without messages")
+        msgs = []
+        for item in items:
+            if not isinstance(item, dict) or item.get("t") != RoomMsg.kind:
+                raise BadEnvelope("batch item is not a room message")
+            version = item.get("v")
+            if isinstance(version, bool) or version != VERSION:
+                raise BadEnvelope(f"batch item of unsupported version {version!r}")
+            msgs.append(RoomMsg.from_dict(item))
+        room = msgs[0].room
+        if any(m.room != room for m in msgs) or any(not m.id for m in msgs):
+            raise BadEnvelope("batch items of several rooms or without ids")
+        return cls(room=room, msgs=tuple(msgs))
+
+
+Envelope = RoomEvent | RoomBatch | DirectMsg | Canary | Sanction
 
 _KINDS: dict[str, Any] = {c.kind: c for c in (RoomMsg, RoomJoin, RoomPart, RoomQuit,
-                                               RoomNick, DirectMsg, Canary, Sanction)}
+                                               RoomNick, RoomTopic, DirectMsg, Canary,
+                                               Sanction)}
 
 
 def _s(d: dict[str, Any], key: str) -> str:
@@ -288,9 +401,15 @@ def parse(data: bytes | str) -> Envelope:
     if not isinstance(d, dict):
         raise BadEnvelope("not a JSON object")
     version = d.get("v")
-    if isinstance(version, bool) or version != VERSION:  # JSON true == 1 in Python
-        raise BadEnvelope(f"unsupported envelope version {version!r}")
     kind = d.get("t")
+    if isinstance(version, bool) or version not in (VERSION, BATCH_VERSION):  # true == 1
+        raise BadEnvelope(f"unsupported envelope version {version!r}")
+    if version == BATCH_VERSION:
+        if kind != RoomBatch.kind:
+            raise BadEnvelope(f"unknown envelope type {kind!r} for version 2")
+        return RoomBatch.from_dict(d)
+    if kind == RoomBatch.kind:
+        raise BadEnvelope("a batch envelope must be version 2")
     cls = _KINDS.get(kind) if isinstance(kind, str) else None  # a list/object is unhashable
     if cls is None:
         raise BadEnvelope(f"unknown envelope type {d.get('t')!r}")

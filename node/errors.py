@@ -28,7 +28,10 @@
     │   ├── NotEnabled               ``not-enabled`` (not in this cluster's auth mode)
     │   ├── NotOperator              ``not-operator``
     │   ├── Banned                   ``banned`` (a nickname or address ban)
-    │   └── Muted                    ``muted``
+    │   ├── Muted                    ``muted``
+    │   ├── TooManyRooms             ``too-many-rooms`` (a session's cap of rooms)
+    │   ├── RoomsFull                ``rooms-full`` (the cluster holds ``max_rooms`` rooms)
+    │   └── RoomCreateThrottled      ``room-create-throttled`` (may not create a room now)
     ├── RelayUnavailable             ``relay-unavailable`` (Redis cannot be reached)
     │   └── RelayRefused             ``internal`` (Redis refused the command itself: logged)
     ├── StartupError                 the node cannot start as configured (``settings``)
@@ -84,10 +87,13 @@ __all__ = [
     "RedisMisconfigured",
     "RelayRefused",
     "RelayUnavailable",
+    "RoomCreateThrottled",
+    "RoomsFull",
     "SendQueueExceeded",
     "SessionClosed",
     "StartupError",
     "TooManyConnections",
+    "TooManyRooms",
     "UnknownCommand",
 ]
 
@@ -245,6 +251,28 @@ class Banned(CommandError):
 class Muted(CommandError):
     code = "muted"
     default_text = "you are muted"
+
+
+class TooManyRooms(CommandError):
+    """The session is in as many rooms as one session may be (``--max-rooms-per-user``)."""
+
+    code = "too-many-rooms"
+    default_text = "you are in as many rooms as one session may be; /part one first"
+
+
+class RoomsFull(CommandError):
+    """A join that would create a room while the cluster already holds ``max_rooms``
+    rooms (joining an existing room is never refused for this)."""
+
+    code = "rooms-full"
+    default_text = "the cluster holds as many rooms as it may; join an existing room"
+
+
+class RoomCreateThrottled(CommandError):
+    """A join that would create a room its sender may not create now."""
+
+    code = "room-create-throttled"
+    default_text = "you may not create new rooms right now; try again later"
 
 
 class RelayUnavailable(HubbubError):

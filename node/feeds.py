@@ -9,7 +9,9 @@ serves the last id it delivered (``last``) and, from the moment it subscribed, t
 stream's newest id then (``start``).  After the subscription comes back, the node
 *repairs* each room: it fetches the stream after ``max(last, start)`` and delivers what is
 newer than ``last``; live events arriving meanwhile are held and delivered after, in id
-order, duplicates dropped.
+order, duplicates dropped.  The same holds live and for a batch: an id at or below
+``last`` is never delivered again, so an event that arrives twice (the upgrade mode,
+``--bus-format 1``, hears format-1 nodes' events both classic and sharded) is shown once.
 Pure: no I/O, no clock.
 """
 
@@ -47,6 +49,14 @@ class RoomFeed:
             self.held.append(msg)
             return []
         return self._newer([msg])
+
+    def live_many(self, msgs: Iterable[RoomEvent]) -> list[RoomEvent]:
+        """Several events from the channel at once (a batch), in order: what to deliver
+        now (the same as :meth:`live` for each in turn)."""
+        if self.held is not None:
+            self.held.extend(msgs)
+            return []
+        return self._newer(msgs)
 
     def begin_repair(self) -> str | None:
         """Start holding live events; returns the id to fetch after (None: cannot)."""

@@ -4,7 +4,9 @@
 * ``/readyz``: 200 when the node is not shutting down, its bus subscription is up, Redis
   answered, and its canary (a message it publishes to its own channel) came back within
   ``ready_window`` — a "deaf" node whose subscription silently died is *not* ready; 503
-  with the reasons otherwise.  Load balancers route on this.
+  with the reasons otherwise.  Load balancers route on this.  Over several shards (a
+  Redis Cluster) see :meth:`node.bus.Bus.is_ready`: a shard down for every node is named
+  in the reasons without taking the node out.
 * ``/metrics``: Prometheus text format.
 """
 

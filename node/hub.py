@@ -13,14 +13,18 @@ Theory of operation
 * The hub is the relay's :class:`~node.relay.BusSink`: room events and private messages it
   delivers itself; sanctions, lost leases and the names after a Redis data loss it hands
   to the :class:`BusHooks` the server wires in (security and identity).
-* When the subscription comes back, every room is repaired from its stream (gap repair).
+* When a subscription comes back, its rooms are repaired from their streams (gap repair):
+  every room after a standalone Redis's, the rooms of one shard on a cluster.
+  When the stream no longer holds everything after the room's mark (trimmed by count or
+  age, or lost with Redis), the room's members are told so once (:class:`~node.model.Gap`)
+  before what is still held.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, assert_never
 
@@ -33,6 +37,7 @@ from .errors import RelayUnavailable
 from .localroom import LocalRoom
 from .model import (
     Event,
+    Gap,
     Joined,
     Message,
     NickChanged,
@@ -40,9 +45,11 @@ from .model import (
     Parted,
     Private,
     Quitted,
+    TopicChanged,
 )
 from .pause import pause
 from .relay import BusSink, Relay
+from .relay import Joined as RoomJoined
 from .stats import NodeStats
 from .user import Member, Roster
 
@@ -77,9 +84,10 @@ class Hub(BusSink):
         self.hooks: BusHooks | None = None
         """Set by the server once security and identity exist."""
         self.rooms: dict[str, LocalRoom[Member]] = {}
-        self._told: OrderedDict[str, set[Member]] = OrderedDict()
-        """Recipients of recent quits and renames by ``eid`` (one per room of the user),
-        so a member of several of its rooms is told once."""
+        self._told: OrderedDict[str, set[str]] = OrderedDict()
+        """The sids of the recipients of recent quits and renames by ``eid`` (one per
+        room of the user), so a member of several of its rooms is told once.  Sids, not
+        members: a member that left must not be kept alive by what it was told."""
         self._again: set[str] = set()
         """Rooms whose subscription broke again while their repair ran."""
         self._subs: dict[str, asyncio.Task[None]] = {}
@@ -93,10 +101,14 @@ class Hub(BusSink):
 
     # ------------------------------------------------------------------ rooms
 
-    async def join(self, m: Member, room: str, *, announce: bool = True) -> str:
+    async def join(self, m: Member, room: str, *, announce: bool = True,
+                   may_create: bool = True) -> RoomJoined:
         """Join ``room``: subscribed (confirmed by Redis), then the membership recorded and
         (unless ``announce`` is false: a resume) the join announced.  The room's events are
-        kept for ``m`` until :meth:`go_live`; returns the floor to hand to it."""
+        kept for ``m`` until :meth:`go_live`; returns the floor to hand to it (``.floor``)
+        and whether the join created the room.  A join that would create the room is
+        refused with nothing changed (RoomsFull, or RoomCreateThrottled when
+        ``may_create`` is false)."""
         local = self.rooms.get(room)
         if local is None:
             local = self.rooms[room] = LocalRoom()
@@ -106,7 +118,8 @@ class Hub(BusSink):
         try:
             await self._subscribed(room)
             return await self.relay.join(room, user.folded,
-                                         user.info(self.config.node_id), announce=announce)
+                                         user.info(self.config.node_id), announce=announce,
+                                         may_create=may_create)
         except BaseException:
             user.rooms.remove(room)
             await self.leave_local(m, room)
@@ -123,11 +136,12 @@ class Hub(BusSink):
         for event in local.go_live(m, floor):
             self._deliver(event, (m,))
 
-    async def part(self, m: Member, room: str) -> None:
+    async def part(self, m: Member, room: str, reason: str | None = None) -> None:
         user = m.user
         user.rooms.remove(room)
         await self.leave_local(m, room)
-        await self.relay.part(room, user.folded, user.info(self.config.node_id))
+        await self.relay.part(room, user.folded, user.info(self.config.node_id),
+                              reason=reason)
 
     async def leave_all_local(self, m: Member) -> list[str]:
         """Drop ``m`` from every local room (its membership in Redis is left alone);
@@ -164,7 +178,10 @@ class Hub(BusSink):
         local.remove(m)
         if not local:
             del self.rooms[room]
-            self._subs.pop(room, None)
+            self._again.discard(room)
+            task = self._subs.pop(room, None)
+            if task is not None and not task.done():
+                task.cancel()  # nobody waits for it now: never subscribe after leaving
             await self.relay.unsubscribe_room(room)
 
     # ------------------------------------------------------------------ the bus
@@ -173,17 +190,26 @@ class Hub(BusSink):
         e = envelope
         match e:
             case env.RoomMsg() | env.RoomJoin() | env.RoomPart() | env.RoomQuit() | \
-                    env.RoomNick():
+                    env.RoomNick() | env.RoomTopic():
                 if (local := self.rooms.get(e.room)) is not None:
                     for event in local.feed.live(e):
                         self._deliver(event, local.recipients(event))
+            case env.RoomBatch():  # one room's messages of one publishing round
+                if (local := self.rooms.get(e.room)) is not None:
+                    fresh = local.feed.live_many(e.msgs)
+                    if not local.joining:  # the common case: all of it to every member
+                        self.fan_out_msgs(fresh, local.members)  # type: ignore[arg-type]
+                    else:  # members joining: each event checked against their floors
+                        for event in fresh:
+                            self._deliver(event, local.recipients(event))
             case env.Sanction():
                 if self.hooks is not None:
                     self.hooks.on_sanction(e)
             case env.DirectMsg():
                 target = self.roster.named.get(e.to_folded)
                 if target is not None:
-                    target.send(Private(e.sender, e.to, e.text, e.id, e.ts))
+                    target.send(Private(e.sender, e.to, e.text, e.id, e.ts, e.notice,
+                                        e.tags))
                     self.stats.delivered += 1
             case env.Canary():
                 pass  # the relay's own
@@ -217,14 +243,16 @@ class Hub(BusSink):
         """One event of a room's feed to ``targets`` (its members, or one joiner)."""
         match e:
             case env.RoomMsg():
-                self.fan_out(Message(e.room, e.sender, e.text, e.id, e.ts, e.action),
-                             targets, skip_sid=e.sid)
+                self.fan_out(Message(e.room, e.sender, e.text, e.id, e.ts, e.action,
+                                     e.notice, e.tags), targets, skip_sid=e.sid)
             case env.RoomJoin():
                 self.fan_out(Joined(e.room, e.nick), targets)
             case env.RoomPart():
-                self.fan_out(Parted(e.room, e.nick), targets)
+                self.fan_out(Parted(e.room, e.nick, e.reason), targets)
             case env.RoomQuit():
                 self.fan_out(Quitted(e.nick, e.reason), self._untold(e.eid, targets))
+            case env.RoomTopic():
+                self.fan_out(TopicChanged(e.room, e.nick, e.text), targets)
             case env.RoomNick():  # the renaming member was told by its node
                 self.fan_out(NickChanged(e.old, e.new),
                              [m for m in self._untold(e.eid, targets) if m.user.sid != e.sid])
@@ -239,15 +267,18 @@ class Hub(BusSink):
             told = self._told[eid] = set()
             while len(self._told) > _TOLD_KEPT:
                 self._told.popitem(last=False)
-        fresh = [m for m in targets if m not in told]
-        told.update(fresh)
+        fresh = [m for m in targets if m.user.sid not in told]
+        told.update(m.user.sid for m in fresh)
         return fresh
 
-    def on_resubscribed(self) -> None:
-        """The bus subscription came back: repair every room from its stream.  Each room
+    def on_resubscribed(self, rooms: Collection[str] | None = None) -> None:
+        """A bus subscription came back: repair ``rooms`` (those of one shard's link, or
+        moved to another shard), or every room (``None``), from their streams.  Each room
         starts holding its live events *now*, before the listener hands over the next one:
         a live event delivered first would move the room's mark past the gap."""
         for room, local in list(self.rooms.items()):
+            if rooms is not None and room not in rooms:
+                continue
             if local.feed.held is not None:  # a repair is reading the stream already:
                 self._again.add(room)        # it may have read before this gap
                 continue
@@ -255,6 +286,8 @@ class Hub(BusSink):
 
     async def _repair(self, room: str, local: LocalRoom[Member], after: str | None) -> None:
         fetched: list[env.RoomEvent] = []
+        mark = after
+        gap: Gap | None = None
         # the fault that cut the subscription often breaks the next command too: try
         # again (live events wait meanwhile) for as long as the outbox holds messages
         give_up = asyncio.get_running_loop().time() + self.config.outbox_seconds
@@ -274,14 +307,22 @@ class Hub(BusSink):
                 if len(got) < page:
                     break
                 after = got[-1].id
+            if mark is not None:  # asked after the read: a racing trim cannot hide a gap
+                held = await self.relay.continuity(room, mark)
+                if not held.complete:
+                    gap = Gap(room, held.oldest)
+                    log.warning("gap repair found events no longer in history", room=room,
+                                after=mark, oldest=held.oldest)
         except RelayUnavailable:
             log.warning("gap repair failed; some events may be missing", room=room)
         finally:  # whatever happened, stop holding the room's live events
-            self._end_repair(room, local, fetched)
+            self._end_repair(room, local, fetched, gap)
 
     def _end_repair(self, room: str, local: LocalRoom[Member],
-                    fetched: list[env.RoomEvent]) -> None:
+                    fetched: list[env.RoomEvent], gap: Gap | None = None) -> None:
         if self.rooms.get(room) is local:
+            if gap is not None:  # once per room, before what is still held; a member
+                self.fan_out(gap, local.members)  # still joining starts past the gap
             events = local.feed.end_repair(fetched)
             from_stream = {e.id for e in fetched}
             repaired = sum(1 for e in events if e.id in from_stream)
@@ -293,6 +334,37 @@ class Hub(BusSink):
             if room in self._again:  # another gap opened while this repair ran
                 self._again.discard(room)
                 self.background(self._repair(room, local, local.feed.begin_repair()))
+
+    def fan_out_msgs(self, msgs: Sequence[env.RoomMsg], targets: Iterable[Member]) -> None:
+        """Several messages of one room to the same ``targets``, in order: each rendered
+        once per wire mode, and every recipient queued one chunk holding all of them
+        (less its own, for a wire mode that does not echo them), not one per message."""
+        if len(msgs) <= 1:
+            for msg in msgs:
+                self._deliver(msg, list(targets))
+            return
+        rendered: dict[str, tuple[bytes, int, list[tuple[bytes, str]]]] = {}
+        senders = {msg.sid for msg in msgs}
+        delivered = 0
+        count = len(msgs)
+        for m in list(targets):
+            codec = m.codec
+            out = rendered.get(codec.name)
+            if out is None:
+                parts = [(codec.render(Message(e.room, e.sender, e.text, e.id, e.ts,
+                                               e.action)), e.sid) for e in msgs]
+                data = b"".join(part for part, _ in parts)
+                out = rendered[codec.name] = (data, data.count(b"\n"), parts)
+            sid = m.user.sid
+            if not codec.echo_own and sid in senders:
+                data = b"".join(part for part, by in out[2] if by != sid)
+                if data:
+                    m.send_bytes(data, data.count(b"\n"))
+                delivered += sum(1 for _, by in out[2] if by != sid)
+                continue
+            m.send_bytes(out[0], out[1])
+            delivered += count
+        self.stats.delivered += delivered
 
     def fan_out(self, event: Event, targets: Iterable[Member], skip_sid: str = "") -> None:
         """Render once per wire mode; queue the same bytes to every recipient."""

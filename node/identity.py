@@ -73,7 +73,8 @@ class Identity:
         user = m.user
         token = self.relay.new_token()
         user.token = token
-        result = await self.relay.claim(folded, NameInfo(nick, token, self.config.node_id, ()))
+        result = await self.relay.claim(folded, NameInfo(nick, token, self.config.node_id, (),
+                                                         ident=user.ident, real=user.realname))
         if not result.ok:
             raise NickTaken(f"{nick} is in use")
         if folded in local:  # a local member won the same name while we waited
@@ -143,7 +144,8 @@ class Identity:
 
     async def _bury(self, folded: str, stale: NameInfo) -> None:
         """Announce the quit of a holder whose lease ran out before anyone reaped it."""
-        await self.relay.leave_all(folded, stale.nick, stale.rooms, "connection lost")
+        await self.relay.leave_all(folded, stale.token, stale.nick, stale.rooms,
+                                   "connection lost")
 
     async def rename(self, m: Member, new: str) -> None:
         new_folded = fold_nick(new)
@@ -164,7 +166,7 @@ class Identity:
         if result.stale is not None:
             await self._bury(new_folded, result.stale)
         await self.relay.rename_in_rooms(old_folded, new_folded, old, new, user.rooms,
-                                         user.sid)
+                                         user.sid, user.token)
 
     async def unregister(self, m: Member, reason: str | None) -> None:
         """Leave every room, announce the quit (``reason``) and release the name."""
@@ -254,9 +256,10 @@ class Identity:
         m.send(NickChanged(old, new))
         with contextlib.suppress(RelayUnavailable):
             for room in user.rooms:
-                await self.relay.join(room, new_folded, self.info(m), announce=False)
+                await self.relay.join(room, new_folded, self.info(m), announce=False,
+                                      restore=True)
             await self.relay.rename_in_rooms(folded, new_folded, old, new, user.rooms,
-                                             user.sid, move_members=False)
+                                             user.sid, user.token, move_members=False)
 
     async def reassert_all(self) -> None:
         """Redis lost its data: the heartbeat back (every lease is then reported lost and
@@ -265,4 +268,5 @@ class Identity:
         for m in list(self.roster.named.values()):
             user = m.user
             for room in user.rooms:
-                await self.relay.join(room, user.folded, self.info(m), announce=False)
+                await self.relay.join(room, user.folded, self.info(m), announce=False,
+                                      restore=True)

@@ -11,7 +11,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 import json
-from typing import Literal, TypeGuard, assert_never, get_args
+from typing import Any, Literal, TypeGuard, assert_never, get_args
 
 import node.model as m
 from node.codec import Ref, printable, sorted_nicks
@@ -132,7 +132,7 @@ def _command(op: OpName, f: _Fields) -> m.Command:
         case "join":
             return m.Join(room=f.req_str("room"), ref=f.ref)
         case "part":
-            return m.Part(room=f.opt_str("room"), ref=f.ref)
+            return m.Part(room=f.opt_str("room"), reason=f.opt_str("reason"), ref=f.ref)
         case "msg":
             return m.Msg(to=f.req_str("to"), text=f.req_str("text"), ref=f.ref)
         case "nick":
@@ -140,7 +140,8 @@ def _command(op: OpName, f: _Fields) -> m.Command:
         case "who":
             return m.Who(room=f.opt_str("room"), ref=f.ref)
         case "rooms":
-            return m.Rooms(ref=f.ref)
+            return m.Rooms(after=f.opt_str("after"), limit=f.opt_positive_int("limit"),
+                           ref=f.ref)
         case "history":
             return m.History(room=f.opt_str("room"), limit=f.opt_positive_int("limit"),
                              after=f.opt_str("after"), ref=f.ref)
@@ -215,20 +216,33 @@ def _json_event(event: m.Event) -> JsonObject:
             return {"ev": "pm", "from": sender, "to": to, "text": text, "id": id_, "ts": ts}
         case m.Joined(room=room, nick=nick):
             return {"ev": "join", "room": room, "nick": nick}
-        case m.Parted(room=room, nick=nick):
-            return {"ev": "part", "room": room, "nick": nick}
+        case m.Parted(room=room, nick=nick, reason=reason):
+            out: dict[str, Any] = {"ev": "part", "room": room, "nick": nick}
+            if reason is not None:
+                out["reason"] = reason
+            return out
+        case m.TopicChanged(room=room, nick=nick, text=text):
+            return {"ev": "topic", "room": room, "nick": nick, "text": text}
         case m.Quitted(nick=nick, reason=reason):
             return {"ev": "quit", "nick": nick, "reason": reason}
         case m.NickChanged(old=old, new=new):
             return {"ev": "nick", "old": old, "new": new}
         case m.WhoReply(room=room, nicks=nicks, ref=ref):
             return {"ev": "who", "room": room, "nicks": sorted_nicks(nicks), "ref": ref}
-        case m.RoomsReply(rooms=rooms, ref=ref):
+        case m.RoomsReply(rooms=rooms, ref=ref, more=more):
             listing = [{"room": room, "members": members} for room, members in rooms]
+            if more:  # like "resumed": present only when true
+                return {"ev": "rooms", "rooms": listing, "more": True, "ref": ref}
             return {"ev": "rooms", "rooms": listing, "ref": ref}
-        case m.HistoryReply(room=room, messages=messages, ref=ref):
+        case m.HistoryReply(room=room, messages=messages, ref=ref, complete=complete,
+                            oldest=oldest):
             listing = [_message_object(m) for m in messages]
-            return {"ev": "history", "room": room, "messages": listing, "ref": ref}
+            obj: JsonObject = {"ev": "history", "room": room, "messages": listing, "ref": ref}
+            if not complete:  # absent means complete
+                obj.update(complete=False, oldest=oldest)
+            return obj
+        case m.Gap(room=room, oldest=oldest):
+            return {"ev": "gap", "room": room, "oldest": oldest}
         case m.BansReply(entries=entries, ref=ref):
             listing = [{"kind": e.kind, "target": e.target, "by": e.by, "reason": e.reason,
                         "expires_in": round(e.expires_in, 3)} for e in entries]
@@ -292,16 +306,16 @@ class JsonCodec:
                 return _op("me", ref, text=text, room=room)
             case m.Join(room=room):
                 return _op("join", ref, room=room)
-            case m.Part(room=room):
-                return _op("part", ref, room=room)
+            case m.Part(room=room, reason=reason):
+                return _op("part", ref, room=room, reason=reason)
             case m.Msg(to=to, text=text):
                 return _op("msg", ref, to=to, text=text)
             case m.Nick(nick=nick):
                 return _op("nick", ref, nick=nick)
             case m.Who(room=room):
                 return _op("who", ref, room=room)
-            case m.Rooms():
-                return _op("rooms", ref)
+            case m.Rooms(after=after, limit=limit):
+                return _op("rooms", ref, after=after, limit=limit)
             case m.History(room=room, limit=limit, after=after):
                 return _op("history", ref, room=room, limit=limit, after=after)
             case m.Ping():

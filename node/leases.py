@@ -12,7 +12,10 @@ Theory of operation
   (``on_lease_lost``).  Every ``lease_ttl / 2`` each node looks for nodes whose heartbeat
   expired and releases their names (REAP, :meth:`Leases.reap_loop`); exactly one reaper
   gets each name, takes it out of its rooms and announces the quit.  A dead node's names
-  are therefore free within ~1.5 x ``lease_ttl``.
+  are therefore free within ~1.5 x ``lease_ttl``.  After this node's own renewals failed
+  (the names' shard was away: every heartbeat may have expired meanwhile, not only dead
+  nodes'), it reaps nobody until they succeed again and for a whole ``lease_ttl`` after,
+  so live nodes renew first.
 * **Departures.**  A user who leaves leaves its rooms, has its quit announced once and
   its name released.  What Redis could not take then is retried in the background until
   it can; a claim that failed after it may have run is released the same way.
@@ -41,6 +44,7 @@ from .errors import RelayUnavailable
 from .keys import Keys
 from .pause import pause
 from .redis_errors import describe, transient, translated
+from .topology import RoutedScript, Topology, as_topology
 
 __all__ = ["ClaimResult", "LeaseSink", "LeaseStats", "Leases", "LeaveRooms", "NameInfo"]
 
@@ -49,9 +53,10 @@ log = structlog.get_logger("hubbub.relay")
 _RENEW_CHUNK = 500
 _REAP_CHUNK = 200
 
-LeaveRooms = Callable[[str, str, Iterable[str], str | None], Awaitable[None]]
-"""Takes a departing name out of its rooms and announces its quit there:
-``(folded, nick, rooms, reason)``."""
+LeaveRooms = Callable[[str, str, str, Iterable[str], str | None], Awaitable[None]]
+"""Takes a departing session out of its rooms and announces its quit there:
+``(folded, token, nick, rooms, reason)``; a room whose entry for the name is another
+session's by now is left as it is."""
 
 
 class LeaseSink(Protocol):
@@ -75,6 +80,12 @@ class NameInfo:
     account: str | None = None
     """The folded name of the account the session is logged in to (a resume with its
     token carries that over; nothing else logs a resumed session in)."""
+    ident: str | None = None
+    """An IRC user's user name (``USER``), shown by WHO and WHOIS on every node."""
+    real: str | None = None
+    """An IRC user's real name (``USER``)."""
+    away: str | None = None
+    """An IRC user's away message (``AWAY``), while it is away."""
 
     def serialize(self) -> str:
         body: dict[str, Any] = {"nick": self.nick, "token": self.token, "node": self.node,
@@ -85,6 +96,12 @@ class NameInfo:
             body["oper"] = True
         if self.account:
             body["account"] = self.account
+        if self.ident:
+            body["ident"] = self.ident
+        if self.real:
+            body["real"] = self.real
+        if self.away:
+            body["away"] = self.away
         return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
@@ -92,10 +109,14 @@ class NameInfo:
         d = json.loads(data)
         prev = d.get("prev")
         account = d.get("account")
+        ident, real, away = d.get("ident"), d.get("real"), d.get("away")
         return cls(nick=str(d["nick"]), token=str(d["token"]), node=str(d["node"]),
                    rooms=tuple(str(r) for r in d.get("rooms", ())),
                    prev=str(prev) if prev else None, oper=d.get("oper") is True,
-                   account=account if isinstance(account, str) and account else None)
+                   account=account if isinstance(account, str) and account else None,
+                   ident=ident if isinstance(ident, str) and ident else None,
+                   real=real if isinstance(real, str) and real else None,
+                   away=away if isinstance(away, str) and away else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +155,11 @@ class Leases:
     """The names this node holds, and the reaping of dead nodes' names.  See the module
     docstring."""
 
-    def __init__(self, redis: Redis, config: NodeConfig, keys: Keys, sink: LeaseSink,
-                 leave_rooms: LeaveRooms) -> None:
-        self._redis = redis
+    def __init__(self, redis: Redis | Topology, config: NodeConfig, keys: Keys,
+                 sink: LeaseSink, leave_rooms: LeaveRooms) -> None:
+        """``redis``: the shards (every key here is a ``{nicks}`` key: one shard; a plain
+        client is one standalone shard)."""
+        self._topology = topology = as_topology(redis)
         self._cfg = config
         self._sink = sink
         self._leave_rooms = leave_rooms
@@ -147,7 +170,13 @@ class Leases:
         self._leases: dict[str, str] = {}  # folded -> token, for renewal
         self._departures: dict[str, _Departure] = {}
         self._departing: asyncio.Task[None] | None = None
-        s = redis.register_script
+        self._renew_failed = False
+        self._reap_after = float("-inf")
+        """Loop time before which this node reaps nobody: a whole ``lease_ttl`` after its
+        renewals came back from failing (see :meth:`reap_loop`)."""
+        def s(source: str) -> RoutedScript:
+            return RoutedScript(topology, source)
+
         self._claim = s(scripts.CLAIM)
         self._release = s(scripts.RELEASE)
         self._rename = s(scripts.RENAME)
@@ -159,8 +188,14 @@ class Leases:
     @property
     def scripts(self) -> tuple[AsyncScript, ...]:
         """The scripts to load into Redis up front."""
-        return (self._claim, self._release, self._rename, self._update_info, self._renew,
-                self._reap, self._resume)
+        return tuple(r.script for r in (self._claim, self._release, self._rename,
+                                        self._update_info, self._renew, self._reap,
+                                        self._resume))
+
+    @property
+    def _redis(self) -> Redis:
+        """The client of the ``{nicks}`` shard."""
+        return self._topology.client_of(self.keys.nicks)
 
     def new_token(self) -> str:
         return f"{self.node_id}/{secrets.token_hex(16)}"
@@ -255,6 +290,19 @@ class Leases:
         """Stop renewing a name (it was lost)."""
         self._leases.pop(folded, None)
 
+    async def online(self) -> int:
+        """How many names are online, cluster-wide."""
+        async with translated("online"):
+            return int(await self._redis.scard(self.keys.nicks))
+
+    async def lookup_many(self, folded: list[str]) -> list[NameInfo]:
+        """The online names among ``folded``, in that order (absent ones left out)."""
+        if not folded:
+            return []
+        async with translated("lookup"):
+            raws = await self._redis.hmget(self.keys.info, folded)
+        return [NameInfo.parse(raw) for raw in raws if raw]
+
     async def lookup(self, folded: str) -> NameInfo | None:
         async with translated("lookup"):
             raw = await self._redis.hget(self.keys.info, folded)
@@ -284,16 +332,16 @@ class Leases:
             self._depart_later(departure)
             raise
 
-    async def _depart(self, d: _Departure, *, retry: bool = False) -> None:
+    async def _depart(self, d: _Departure) -> None:
         if not d.announced:
-            if retry:
-                holder = await self.lookup(d.folded)
-                if holder is not None and holder.token != d.token:
-                    # the lease ran out meanwhile and someone else holds the name now:
-                    # its room entries are theirs, and a quit would be about them
-                    d.announced = True
+            holder = await self.lookup(d.folded)
+            if holder is not None and holder.token != d.token:
+                # someone else holds the name now (the user resumed on another node while
+                # this one was shutting down, or the lease ran out while the departure
+                # waited): its room entries are theirs, and a quit would be about them
+                d.announced = True
             if not d.announced:
-                await self._leave_rooms(d.folded, d.nick, d.rooms, d.reason)
+                await self._leave_rooms(d.folded, d.token, d.nick, d.rooms, d.reason)
                 d.announced = True
         await self.release(d.folded, d.token)
 
@@ -310,7 +358,7 @@ class Leases:
             await pause(next(delays))
             for token, departure in list(self._departures.items()):
                 try:
-                    await self._depart(departure, retry=True)
+                    await self._depart(departure)
                 except RelayUnavailable:
                     break  # still away: try them all again after the next delay
                 except Exception:
@@ -333,7 +381,12 @@ class Leases:
                 await self.renew()
             except RelayUnavailable as exc:
                 self.stats.renewal_failures += 1
+                self._renew_failed = True
                 log.warning("lease renewal failed", error=describe(exc.__cause__ or exc))
+            else:
+                if self._renew_failed:  # back after an outage: give the others time too
+                    self._renew_failed = False
+                    self._reap_after = asyncio.get_running_loop().time() + self._cfg.lease_ttl
             await pause(interval)
 
     async def renew(self) -> None:
@@ -355,9 +408,19 @@ class Leases:
                 self._sink.on_lease_lost(folded)
 
     async def reap_loop(self) -> None:
+        """Reap every ~``lease_ttl / 2``, except for a whole ``lease_ttl`` after this
+        node's own renewals failed and came back: an outage of the names' shard longer
+        than ``lease_ttl`` (a failover, a frozen or unreachable Redis) let every node's
+        heartbeat expire, not only dead nodes'; the first node to renew afterwards would
+        otherwise reap the others, announcing users who are still connected as gone.
+        Given a whole ``lease_ttl``, every live node renews (every ``lease_ttl / 3``) and
+        re-asserts its names first; a dead node's are reaped once the wait is over.  While
+        its renewals fail it reaps nobody either (the shard may answer the reaper first)."""
         interval = self._cfg.lease_ttl / 2
         while True:
             await pause(interval * random.uniform(0.8, 1.0))
+            if self._renew_failed or asyncio.get_running_loop().time() < self._reap_after:
+                continue
             try:
                 await self.reap()
             except RelayUnavailable as exc:
@@ -387,9 +450,15 @@ class Leases:
                               *(k.lease(f) for f in chunk)],
                         args=[node, *chunk])
                     for folded, info in _pairs(infos):
-                        await self._leave_rooms(folded, info.nick, info.rooms,
-                                                "connection lost")
                         released += 1
+                        try:
+                            await self._leave_rooms(folded, info.token, info.nick, info.rooms,
+                                                    "connection lost")
+                        except RelayUnavailable:
+                            # the name is released; a room's shard did not answer: its
+                            # rooms are left (and the quit told) later
+                            self._depart_later(_Departure(folded, info.token, info.nick,
+                                                          info.rooms, "connection lost"))
                 if names:
                     log.info("released names of a dead node", dead=node, names=len(names))
         self.stats.reaped += released

@@ -36,6 +36,7 @@ __all__ = [
     "REFUSALS",
     "ConnectionLimiter",
     "FloodGuard",
+    "Pacer",
     "TokenBucket",
     "connection_ceiling",
     "dead_peer_bound",
@@ -85,10 +86,11 @@ class TokenBucket:
         self._tokens -= 1
         return True
 
-    def reserve(self, now: float) -> float:
-        """Take a token, borrowing if none is left; seconds to wait before using it."""
+    def reserve(self, now: float, count: float = 1) -> float:
+        """Take ``count`` tokens, borrowing what is not there; seconds to wait before
+        using them."""
         self._refill(now)
-        self._tokens -= 1
+        self._tokens -= count
         return 0.0 if self._tokens >= -_EPS else -self._tokens / self.rate
 
     def full_at(self) -> float:
@@ -107,20 +109,43 @@ class FloodGuard:
         self.over = 0
         """Commands that found no token since the bucket was last full."""
 
-    def admit(self, now: float) -> float | None:
+    def admit(self, now: float, cost: int = 1) -> float | None:
         """Seconds to wait before carrying out the next command (0: at once), or None:
-        the client is flooding and must be disconnected."""
+        the client is flooding and must be disconnected.  ``cost``: the tokens the
+        command takes (a command that does the work of several)."""
         bucket = self._bucket
         if bucket is None:
             return 0.0
+        cost = max(1, cost)
         tokens = bucket.tokens(now)
         if tokens >= bucket.burst - _EPS:  # the client paused: whatever came before is over
             self.over = 0
-        if tokens < 1 - _EPS:
+        if tokens < cost - _EPS:
             if self.over >= self.disconnect_after:
                 return None
             self.over += 1
-        return bucket.reserve(now)
+        return bucket.reserve(now, cost)
+
+
+class Pacer:
+    """A session's bucket for one kind of command that is delayed, never refused
+    (``rate`` 0: unlimited).  See the module docstring."""
+
+    __slots__ = ("_bucket", "waited")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self._bucket = TokenBucket(rate, burst, now) if rate > 0 else None
+        self.waited = 0
+        """Commands that had to wait for a token."""
+
+    def admit(self, now: float) -> float:
+        """Take a token; seconds to wait before carrying out the command (0: at once)."""
+        if self._bucket is None:
+            return 0.0
+        delay = self._bucket.reserve(now)
+        if delay:
+            self.waited += 1
+        return delay
 
 
 def ip_key(host: str) -> str:

@@ -8,6 +8,7 @@ has its own registry, so several nodes can run in one process (tests).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -45,6 +46,7 @@ class _NodeCollector(Collector):
         yield GaugeMetricFamily("hubbub_redis_clock_offset_seconds",
                                 "Redis's clock minus this node's (message deadlines use "
                                 "Redis's clock).", value=relay.publisher.clock_offset)
+        yield from self._bus_shards()
         if relay.canary_at is not None:
             age = asyncio.get_running_loop().time() - relay.canary_at
             yield GaugeMetricFamily("hubbub_canary_age_seconds",
@@ -82,10 +84,15 @@ class _NodeCollector(Collector):
             ("publish_too_late", "Messages Redis got to only after the sender had been "
              "told they were not relayed (a frozen Redis thawing): published nothing.",
              relay.publisher.stats.publish_too_late),
+            ("publish_admission_waits", "Messages whose sender waited for room in the "
+             "publishing queue (backpressure, not refusal).",
+             relay.publisher.stats.admission_waits),
             ("relay_loop_restarts", "Relay loops (listen, renew, reap, canary) restarted "
              "after an unexpected error.", relay.stats.loop_restarts),
             ("deaf_subscription_rebuilds", "Subscriptions rebuilt because canaries stopped "
              "coming back while Redis answered.", relay.stats.deaf_rebuilds),
+            ("bus_channel_moves", "Channels moved to another bus link because their slot "
+             "moved.", relay.bus.stats.moves),
         ):
             yield CounterMetricFamily(f"hubbub_{name}", doc, value=value)
         refused = CounterMetricFamily("hubbub_connections_refused", "Connections refused at "
@@ -96,6 +103,9 @@ class _NodeCollector(Collector):
         yield refused
         yield CounterMetricFamily("hubbub_flood_disconnects", "Clients disconnected for "
                                   "flooding (rate-limited).", value=node.stats.flood_disconnects)
+        yield CounterMetricFamily("hubbub_inflight_waits", "Times a client was not read "
+                                  "because --max-inflight of its messages were unanswered.",
+                                  value=node.stats.inflight_waits)
         yield CounterMetricFamily("hubbub_accept_pauses", "Times accepting paused for want "
                                   "of file descriptors.", value=node.stats.accept_pauses)
         security = node.auth
@@ -117,6 +127,69 @@ class _NodeCollector(Collector):
                                   value=security.operator_actions)
         yield from relay.publisher.publish_seconds.collect()
         yield from relay.canary_seconds.collect()
+        yield from self._redis()
+
+    def _bus_shards(self) -> Iterator[Metric]:
+        """Each bus link (one per shard) as /readyz sees it."""
+        states = self._state.relay.bus.link_states()
+        families = {
+            "ready": GaugeMetricFamily("hubbub_bus_shard_ready", "1 while the shard's bus "
+                                       "link is ready (see /readyz).", labels=["shard"]),
+            "answering": GaugeMetricFamily("hubbub_bus_shard_answering", "1 while the shard "
+                                           "answered the link's canary within the ready "
+                                           "window.", labels=["shard"]),
+            "rtt": GaugeMetricFamily("hubbub_bus_shard_canary_rtt_seconds", "The link's "
+                                     "latest canary round trip.", labels=["shard"]),
+            "channels": GaugeMetricFamily("hubbub_bus_shard_channels", "Channels subscribed "
+                                          "on the shard's link.", labels=["shard"]),
+        }
+        for link in states:
+            families["ready"].add_metric([link.shard], 1 if link.ready else 0)
+            families["answering"].add_metric([link.shard], 1 if link.answering else 0)
+            if link.canary_rtt is not None:
+                families["rtt"].add_metric([link.shard], link.canary_rtt)
+            families["channels"].add_metric([link.shard], link.channels)
+        yield from families.values()
+
+    def _redis(self) -> Iterator[Metric]:
+        """Redis as the node last read it (see :mod:`node.redis_watch`): absent until the
+        first reading, then the latest one and its age; and the out-of-memory episodes
+        this node has seen."""
+        oom = self._state.oom
+        if oom is not None:
+            yield GaugeMetricFamily("hubbub_redis_oom", "1 while Redis refuses writes for "
+                                    "want of memory (from the first OOM reply until a write "
+                                    "succeeds again).", value=1 if oom.open else 0)
+            yield CounterMetricFamily("hubbub_redis_oom_episodes", "Episodes of Redis "
+                                      "refusing writes for want of memory.", value=oom.episodes)
+            yield CounterMetricFamily("hubbub_redis_oom_refusals", "Commands Redis refused "
+                                      "with OOM.", value=oom.refusals)
+        watch = self._state.redis_watch
+        reading = None if watch is None else watch.last
+        if watch is None or reading is None:
+            return
+        yield CounterMetricFamily("hubbub_redis_sample_failures", "Readings of Redis that "
+                                  "failed (the gauges keep the last good one).",
+                                  value=watch.failures)
+        yield GaugeMetricFamily("hubbub_redis_sample_age_seconds", "Seconds since the "
+                                "Redis gauges were read.",
+                                value=time.monotonic() - reading.at)
+        if reading.used_memory is not None:
+            yield GaugeMetricFamily("hubbub_redis_used_memory_bytes", "Bytes Redis has "
+                                    "allocated (INFO memory used_memory).",
+                                    value=reading.used_memory)
+        if reading.maxmemory:
+            yield GaugeMetricFamily("hubbub_redis_maxmemory_bytes", "Redis's maxmemory "
+                                    "(absent when Redis has no limit).",
+                                    value=reading.maxmemory)
+        rooms = GaugeMetricFamily("hubbub_rooms", "Rooms cluster-wide: live (with "
+                                  "members) and idle (empty, keys not expired yet).",
+                                  labels=["state"])
+        rooms.add_metric(["live"], reading.rooms_live)
+        rooms.add_metric(["idle"], reading.rooms_idle)
+        yield rooms
+        yield GaugeMetricFamily("hubbub_names_online", "Names online cluster-wide.",
+                                value=reading.names)
 
 
 class NodeMetrics:

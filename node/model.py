@@ -33,6 +33,7 @@ __all__ = [
     "CommandBase",
     "Error",
     "Event",
+    "Gap",
     "Hello",
     "Help",
     "History",
@@ -61,6 +62,7 @@ __all__ = [
     "Rooms",
     "RoomsReply",
     "Say",
+    "TopicChanged",
     "Unban",
     "Unmute",
     "Welcome",
@@ -96,14 +98,20 @@ class Hello(CommandBase):
     """The cluster's access token (``--auth token``)."""
     password: str | None = field(default=None, repr=False)
     """The account password of ``nick`` (``--auth accounts``): a login."""
+    lobby: bool = True
+    """Join the lobby when ``rooms`` is empty (IRC clients start in no room)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Say(CommandBase):
-    """Say ``text`` in ``room`` (None: the session's current room)."""
+    """Say ``text`` in ``room`` (None: the session's current room); ``notice``: an IRC
+    NOTICE (never answered automatically), shown as a message by the other modes."""
 
     text: str
     room: str | None = None
+    notice: bool = False
+    tags: tuple[tuple[str, str], ...] = ()
+    """IRCv3 client-only tags (``+name``) to relay with the message."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,14 +130,17 @@ class Join(CommandBase):
 @dataclass(frozen=True, slots=True)
 class Part(CommandBase):
     room: str | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Msg(CommandBase):
-    """A private message to ``to``."""
+    """A private message to ``to`` (``notice``: as for :class:`Say`)."""
 
     to: str
     text: str
+    notice: bool = False
+    tags: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +155,11 @@ class Who(CommandBase):
 
 @dataclass(frozen=True, slots=True)
 class Rooms(CommandBase):
-    pass
+    """A page of the room listing: rooms whose names sort after ``after`` (None: from
+    the first), at most ``limit`` (None: the node's page size, which also caps it)."""
+
+    after: str | None = None
+    limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +320,9 @@ class Message:
     id: str
     ts: float
     action: bool = False
+    notice: bool = False
+    tags: tuple[tuple[str, str], ...] = ()
+    """The sender's IRCv3 client-only tags (IRC clients with ``message-tags`` get them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +332,8 @@ class Private:
     text: str
     id: str
     ts: float
+    notice: bool = False
+    tags: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +346,7 @@ class Joined:
 class Parted:
     room: str
     nick: str
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +362,15 @@ class NickChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class TopicChanged:
+    """``nick`` set the topic of ``room`` ("": cleared it)."""
+
+    room: str
+    nick: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class WhoReply:
     room: str
     nicks: tuple[str, ...]
@@ -351,6 +381,8 @@ class WhoReply:
 class RoomsReply:
     rooms: tuple[tuple[str, int], ...]
     ref: str | int | None = None
+    more: bool = False
+    """More rooms follow the last one of this page (ask again with it as ``after``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +390,21 @@ class HistoryReply:
     room: str
     messages: tuple[Message, ...]
     ref: str | int | None = None
+    complete: bool = True
+    """False when some of what came after the ``after`` asked for is no longer held
+    (trimmed by count or age, or lost with the store): ``messages`` are what is left."""
+    oldest: str | None = None
+    """With ``complete`` false: the oldest id the room still holds (None: it holds none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Events of ``room`` this member missed can no longer be had: the node found them
+    gone from the room's history when it repaired its subscription (told once per room
+    and repair).  ``oldest``: the oldest id the room still holds (None: it holds none)."""
+
+    room: str
+    oldest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,7 +452,8 @@ class Bye:
 
 Event: TypeAlias = (
     Notice | AskNick | Welcome | Message | Private | Joined | Parted | Quitted | NickChanged
-    | WhoReply | RoomsReply | HistoryReply | BansReply | Ack | Error | Pong | Bye
+    | TopicChanged | WhoReply | RoomsReply | HistoryReply | Gap | BansReply | Ack | Error | Pong
+    | Bye
 )
 """Every event the node sends (what the codecs' renderers encode)."""
 

@@ -15,8 +15,9 @@ a script is a constant, never spliced together.
 
 from __future__ import annotations
 
-__all__ = ["ATTEMPT", "CLAIM", "PUBLISH_MSG", "REAP", "REFUND", "RELEASE", "RENAME", "RENEW",
-           "RESUME", "ROOM_EVENT", "SET_IF_SAME", "UPDATE_INFO"]
+__all__ = ["ATTEMPT", "CLAIM", "PUBLISH_ROUND", "REAP", "REFUND", "RELEASE", "RENAME", "RENEW",
+           "RESUME", "ROOM_EVENT", "ROOM_INDEX", "ROOM_RESERVE", "ROOM_STATE", "SET_IF_SAME",
+           "UPDATE_INFO"]
 
 # KEYS: nicks, lease, info, owned(node), nodes, alive(node)
 # ARGV: folded, token, ttl_ms, info_json, node_id
@@ -152,8 +153,13 @@ return 1
 # ARGV: node_id, ttl_ms, token_1 .. token_n
 # Renews the node heartbeat and every lease still holding its token; returns the 1-based
 # positions of leases that were not ours any more (lost: expired or taken).
+# The heartbeat is extended first and set only when it is gone: Redis out of memory refuses
+# a script whose first write is a SET, but not one that begins with an expiry, so renewals
+# (which add nothing) go on through a full Redis and no node's names are reaped meanwhile.
 RENEW = """
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
+if redis.call('PEXPIRE', KEYS[1], ARGV[2]) == 0 then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
+end
 redis.call('SADD', KEYS[2], ARGV[1])
 local lost = {}
 for i = 3, #KEYS do
@@ -202,55 +208,233 @@ if redis.call('SCARD', KEYS[5]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) e
 return out
 """
 
-# KEYS: history stream, room channel, the message's once-key
-# ARGV: envelope JSON without id (starts with '{'), maxlen, once-key ttl_ms, deadline
-#       (Unix time in ms)
-# XADD and PUBLISH in one atomic step; the id is spliced in as the envelope's first member.
+# KEYS: history stream, room channel, members, once-key_1 .. once-key_n
+# ARGV: bus format (1 or 2), maxlen, once-key ttl_ms, history age in ms (0: none), room
+#       idle ttl in ms, then per message: envelope JSON without id (starts with '{'),
+#       deadline (Unix time in ms)
+# One publishing round's messages of one room, in order: each stored in the stream with
+# XADD (its own id) and published, in one atomic step.  Format 2 publishes them all as one
+# batch envelope on the channel ('{"v":2,"t":"batch","e":[msg, msg, ...]}', each message
+# with its id spliced in as its first member) with SPUBLISH; format 1 publishes each
+# message alone, the single-message envelope that nodes of the previous release read,
+# with both PUBLISH (they subscribe with classic SUBSCRIBE) and SPUBLISH (for format-2
+# nodes): the upgrade mode (see OPERATIONS.md).
 # The once-key makes a retry idempotent: an attempt that timed out may still have run (a
 # frozen Redis executes what it had read once it thaws), so a retry of the same message
 # returns the id it already got instead of publishing it twice.  The deadline is when the
-# node tells the sender the message was not relayed: an attempt Redis gets to only after
-# it (read before a freeze, run after the thaw) publishes nothing -> nil.
-PUBLISH_MSG = """
-local done = redis.call('GET', KEYS[3])
-if done then return done end
+# node tells the sender the message was not relayed: a message Redis gets to only after
+# it (read before a freeze, run after the thaw) is neither stored nor published -> nil.
+# The stream is trimmed by count (MAXLEN ~) and by age (MINID ~, whole stream nodes at a
+# time: cheap, approximate; readers skip what is older).  Messages that arrive after their
+# room's last member left (a late publish from an outbox) leave the stream with the room
+# idle TTL if it had none: nothing is recreated without a bound.
+# Redis refuses a script for lack of memory at its first write only, so a round is stored
+# whole or not at all.
+# -> one reply per message, in order: its id, or nil (past its deadline).
+PUBLISH_ROUND = """
 local now = redis.call('TIME')
-if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[4]) then
-  return false
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local batch = ARGV[1] == '2'
+local out = {}
+local sent = {}
+local stored = false
+for i = 4, #KEYS do
+  local body = ARGV[2 * i - 2]
+  local done = redis.call('GET', KEYS[i])
+  if done then
+    out[#out + 1] = done
+  elseif now_ms > tonumber(ARGV[2 * i - 1]) then
+    out[#out + 1] = false
+  else
+    local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', body)
+    redis.call('SET', KEYS[i], id, 'PX', ARGV[3])
+    local item = '{"id":"' .. id .. '",' .. string.sub(body, 2)
+    if batch then
+      sent[#sent + 1] = item
+    else
+      redis.call('PUBLISH', KEYS[2], item)
+      redis.call('SPUBLISH', KEYS[2], item)
+    end
+    stored = true
+    out[#out + 1] = id
+  end
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
-redis.call('PUBLISH', KEYS[2], '{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2))
-redis.call('SET', KEYS[3], id, 'PX', ARGV[3])
-return id
+if #sent > 0 then
+  redis.call('SPUBLISH', KEYS[2], '{"v":2,"t":"batch","e":[' .. table.concat(sent, ',') .. ']}')
+end
+if stored then
+  local age = tonumber(ARGV[4])
+  if age > 0 then
+    redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%.0f-0', now_ms - age))
+  end
+  if redis.call('EXISTS', KEYS[3]) == 0 and redis.call('PTTL', KEYS[1]) == -1 then
+    redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  end
+end
+return out
 """
 
-# KEYS: members, history stream, room channel
-# ARGV: envelope JSON without id (starts with '{'; '' for none), maxlen, then membership
-#       changes: 'set', folded, nick | 'del', folded
+# KEYS: members, history stream, room channel, topic, room operators, sessions
+# ARGV: envelope JSON without id (starts with '{'; '' for none), maxlen, history age in ms
+#       (0: none), room idle ttl in ms, the creation rule for a join to a room that does
+#       not exist ('' when this is not a join that may be refused; '0': the join creates
+#       it; '-1', '-2', '-3', '-4': refused with that status), bus format (1 or 2), then
+#       membership changes: 'set', folded, nick, session tag | 'add', folded, nick, tag |
+#       'del', folded | 'drop', folded, tag
+# The sessions hash says which session each member entry is (folded -> tag), so that a
+# session that ends removes only its own entry: 'drop' removes the entry only while its
+# tag is the one given (or the entry has none), and 'add' is a 'set' that counts as a
+# change only when the member was not listed.  When every change is an 'add' or a 'drop'
+# and none of them changed anything, the notice is neither stored nor published: a node
+# announcing the quit of a session that resumed elsewhere meanwhile says nothing, and a
+# resume that finds its member entry gone (the old node's quit came first) announces the
+# join again.  The sessions hash carries the idle ttl, renewed by every change, and goes
+# with the room's last member (a tag it lost only makes 'drop' unconditional).
 # A join, part, quit or nick change of one room: the membership change, and the notice
 # stored in the room's stream and published with its id, in one atomic step (so the notice
-# takes its place in the room's one order, and gap repair finds it in the stream).
-# -> the notice's id; without a notice, the newest id in the stream ('0-0' if empty): a
-#    member who joins silently (a resume) is owed exactly what comes after it.
+# takes its place in the room's one order, and gap repair finds it in the stream).  The
+# notice goes out with SPUBLISH; with bus format 1 also with PUBLISH, for nodes of the
+# previous release (classic SUBSCRIBE), as PUBLISH_ROUND does.
+# A join to a room that does not exist (no members, no stream, no topic) creates it, or,
+# when the creation rule says so, is refused with nothing changed.  The room cap lives in
+# the room index ({rooms}, another slot): ROOM_RESERVE decided it before.
+# Afterwards the room's keys follow its members: with members they persist; emptied, its
+# stream, topic and operators expire after the idle ttl.  Its place in the index is set by
+# ROOM_INDEX from what this returns.
+# -> {status, id, members, idle until}: status 1 = the room was created, 0 = it existed,
+#    negative = refused (id ''); id: the notice's, or without a notice the newest id in
+#    the stream ('0-0' if empty): a member who joins silently (a resume) is owed exactly
+#    what comes after it; members: the room's members afterwards; idle until: when an
+#    emptied room's keys expire (Unix ms; 0 with members or when nothing is left).
 ROOM_EVENT = """
-local i = 3
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local status = 0
+local before = redis.call('HLEN', KEYS[1])
+if ARGV[5] ~= '' and before == 0 and redis.call('EXISTS', KEYS[2], KEYS[4]) == 0 then
+  if ARGV[5] ~= '0' then return {tonumber(ARGV[5]), '', 0, 0} end
+  status = 1
+end
+local i = 7
+local guarded, changed = false, false
 while i <= #ARGV do
-  if ARGV[i] == 'set' then
-    redis.call('HSET', KEYS[1], ARGV[i + 1], ARGV[i + 2])
+  local op, folded = ARGV[i], ARGV[i + 1]
+  if op == 'set' or op == 'add' then
+    local added = redis.call('HSET', KEYS[1], folded, ARGV[i + 2])
+    redis.call('HSET', KEYS[6], folded, ARGV[i + 3])
+    if op == 'set' or added == 1 then changed = true end
+    guarded = guarded or op == 'add'
+    i = i + 4
+  elseif op == 'drop' then
+    guarded = true
+    local tag = redis.call('HGET', KEYS[6], folded)
+    if (not tag or tag == ARGV[i + 2]) and redis.call('HDEL', KEYS[1], folded) == 1 then
+      redis.call('HDEL', KEYS[6], folded)
+      changed = true
+    end
     i = i + 3
   else
-    redis.call('HDEL', KEYS[1], ARGV[i + 1])
+    redis.call('HDEL', KEYS[1], folded)
+    redis.call('HDEL', KEYS[6], folded)
+    changed = true
     i = i + 2
   end
 end
-if ARGV[1] == '' then
+local id
+if ARGV[1] == '' or (guarded and not changed) then
   local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-  if #last == 0 then return '0-0' end
-  return last[1][1]
+  if #last == 0 then id = '0-0' else id = last[1][1] end
+else
+  id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
+  local age = tonumber(ARGV[3])
+  if age > 0 then
+    redis.call('XTRIM', KEYS[2], 'MINID', '~', string.format('%.0f-0', now_ms - age))
+  end
+  local notice = '{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2)
+  if ARGV[6] == '1' then redis.call('PUBLISH', KEYS[3], notice) end
+  redis.call('SPUBLISH', KEYS[3], notice)
 end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
-redis.call('PUBLISH', KEYS[3], '{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2))
-return id
+local members = redis.call('HLEN', KEYS[1])
+local idle_until = 0
+if members > 0 then
+  redis.call('PEXPIRE', KEYS[6], ARGV[4])
+  if before == 0 then
+    redis.call('PERSIST', KEYS[2])
+    redis.call('PERSIST', KEYS[4])
+    redis.call('PERSIST', KEYS[5])
+  end
+else
+  local ttl = tonumber(ARGV[4])
+  redis.call('DEL', KEYS[6])
+  local kept = redis.call('PEXPIRE', KEYS[2], ttl) + redis.call('PEXPIRE', KEYS[4], ttl)
+  redis.call('PEXPIRE', KEYS[5], ttl)
+  if kept > 0 then idle_until = now_ms + ttl end
+end
+return {status, id, members, idle_until}
+"""
+
+# KEYS: rooms live, rooms count, rooms idle
+# ARGV: room, the room cap (0: none), how long a reservation holds (ms)
+# Before a join that may create a room: the room's place under the cap.  A room the index
+# knows (live, or idle and not expired) needs none.  Otherwise, under the cap, it is
+# entered in idle until the reservation runs out: it counts against the cap from now on,
+# is not listed, and disappears by itself if the join never completes (ROOM_INDEX files
+# it as live once it did).  Idle entries past their expiry are dropped first.
+# -> 0 (known), 1 (reserved), -1 (the cap is reached: nothing changed)
+ROOM_RESERVE = """
+if redis.call('HGET', KEYS[2], ARGV[1]) then return 0 end
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms)
+if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 0 end
+local cap = tonumber(ARGV[2])
+if cap > 0 and redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[3]) >= cap then
+  return -1
+end
+redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[3]), ARGV[1])
+return 1
+"""
+
+# KEYS: rooms live, rooms count, rooms idle
+# ARGV: room, members, idle until (Unix ms; 0: nothing of the room is left)
+# The room's place in the index, as a ROOM_EVENT (or a reconciling read of the room)
+# found it: with members it is listed in live with its count (live and count are always
+# written together); emptied it moves to idle, scored by when its keys expire, or leaves
+# the index when nothing of it is left.  Idle entries past their expiry are dropped when
+# a room empties.  Idempotent: a retry, or a reconcile, writes the same.
+ROOM_INDEX = """
+local members = tonumber(ARGV[2])
+if members > 0 then
+  redis.call('HSET', KEYS[2], ARGV[1], members)
+  redis.call('ZADD', KEYS[1], 0, ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return 1
+end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms)
+local idle_until = tonumber(ARGV[3])
+if idle_until > now_ms then
+  redis.call('ZADD', KEYS[3], idle_until, ARGV[1])
+else
+  redis.call('ZREM', KEYS[3], ARGV[1])
+end
+return 0
+"""
+
+# KEYS: members, history stream, topic
+# -> {members, idle until}: what a reconcile of the room index needs to know of a room
+#    (idle until: when an emptied room's keys expire, Unix ms; 0 with members or when
+#    nothing is left)
+ROOM_STATE = """
+local members = redis.call('HLEN', KEYS[1])
+if members > 0 then return {members, 0} end
+local left = math.max(redis.call('PTTL', KEYS[2]), redis.call('PTTL', KEYS[3]))
+if left <= 0 then return {0, 0} end
+local now = redis.call('TIME')
+return {0, tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + left}
 """
 
 

@@ -82,7 +82,8 @@ from .model import (
 )
 from .names import check_nick, fold_nick
 from .relay import NameInfo, Relay
-from .stores import Account, AccountStore, Sanctions, Throttle
+from .stores import Account, AccountStore, CreateQuota, Sanctions, Throttle
+from .topology import Topology
 from .user import Member, Roster
 
 __all__ = ["Account", "AccountStore", "Admission", "Hasher", "Security",
@@ -172,8 +173,10 @@ class Security:
     Handlers take the :class:`~node.user.Member` they act for; they refuse by raising a
     :class:`~node.errors.HubbubError` and answer through the member."""
 
-    def __init__(self, config: NodeConfig, redis: Redis, relay: Relay, identity: Identity,
-                 roster: Roster) -> None:
+    def __init__(self, config: NodeConfig, redis: Redis | Topology, relay: Relay,
+                 identity: Identity, roster: Roster) -> None:
+        """``redis``: the shards (each store sends its commands to its keys' shard; a plain
+        client is one standalone shard)."""
         cfg = config
         self.config = cfg
         self.relay = relay
@@ -182,6 +185,7 @@ class Security:
         self.keys = Keys(cfg.prefix)
         self.accounts = AccountStore(redis, self.keys)
         self.throttle = Throttle(redis, self.keys, cfg)
+        self.creates = CreateQuota(redis, self.keys, cfg)
         self.sanctions = Sanctions(redis, self.keys)
         self.hasher = Hasher(cfg.hash_concurrency, cfg.hash_queue)
         self._oper_accounts = frozenset(fold_nick(n) for n in cfg.oper_accounts)
@@ -267,6 +271,20 @@ class Security:
                                 f"with /login {admission.account.name} PASSWORD (JSON: a "
                                 "'password' field in hello), or choose another nickname")
         await self._verify(m, folded, admission.account, cmd.password)
+
+    async def check_login(self, m: Member, name: str, password: str) -> None:
+        """Check the password of account ``name`` without taking the name (an IRC client's
+        SASL exchange comes before its registration, which then logs in).
+
+        Raises:
+            NotEnabled, BadNick, NoSuchAccount, AuthFailed, AuthThrottled, AuthBusy.
+        """
+        self.require_accounts()
+        folded = fold_nick(check_nick(name))
+        account = await self.accounts.get(folded)
+        if account is None:
+            raise NoSuchAccount(f"{name} is not a registered name")
+        await self._verify(m, folded, account, password)
 
     async def _verify(self, m: Member, folded: str, account: Account, password: str) -> None:
         ip = m.user.ip

@@ -12,6 +12,11 @@ that runs and can never work.  Two kinds of trouble are told apart:
   be starting too, so the node serves and waits for it for up to
   ``redis_start_timeout`` seconds, then gives up.  Once Redis has answered, losing it
   later is an outage, not a mistake: the relay waits for it however long it takes.
+
+Once Redis answers, the node asks what it is (``HELLO``, which every ACL user may run):
+the bus uses Redis 7's sharded pub/sub (``SPUBLISH``/``SSUBSCRIBE``) on a standalone Redis
+too, so an older Redis is refused; and a Redis Cluster node without ``--redis-cluster``
+(or a standalone Redis with it) is refused with one line naming that option.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import errno
 import os
 import socket
 import ssl
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
@@ -32,7 +38,12 @@ from .backoff import backoff
 from .errors import StartupError
 from .pause import pause
 
-__all__ = ["check_redis", "listen_error", "redis_address", "wait_for_redis"]
+__all__ = ["MIN_REDIS", "check_redis", "listen_error", "mode_problem", "redis_address",
+           "server_problem", "wait_for_redis"]
+
+MIN_REDIS: Final = (7, 0)
+"""The oldest Redis the node runs on (sharded pub/sub arrived in 7.0)."""
+
 
 
 def redis_address(url: str) -> str:
@@ -66,9 +77,11 @@ def listen_error(exc: OSError, host: str, port: int, setting: str,
                         settings=(setting, host_setting))
 
 
-async def check_redis(redis: Redis, url: str, redis_timeout: float) -> Exception | None:
+async def check_redis(redis: Redis, url: str, redis_timeout: float, *,
+                      cluster: bool = False) -> Exception | None:
     """Ask Redis once (PING, within ``redis_timeout``).  None: it answered.  An exception: it
-    could not be reached (worth waiting for).
+    could not be reached (worth waiting for).  ``cluster``: the node was told the URL
+    names a Redis Cluster node (``redis_cluster``).
 
     Raises:
         StartupError: Redis answered but will never serve this node as configured.
@@ -102,11 +115,70 @@ async def check_redis(redis: Redis, url: str, redis_timeout: float) -> Exception
     except RedisError as exc:
         raise StartupError(f"Redis at {where} cannot be used: {exc}",
                            settings=("redis_url",)) from None
+    try:
+        async with asyncio.timeout(redis_timeout):
+            hello = await redis.execute_command("HELLO")  # type: ignore[no-untyped-call]
+    except ResponseError as exc:
+        if "unknown command" not in str(exc).lower():
+            raise StartupError(f"Redis at {where} refused this node: {exc}",
+                               settings=("redis_url",)) from None
+        hello = {"server": "redis", "version": "6"}  # HELLO arrived in Redis 6
+    except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError,
+            RuntimeError) as exc:
+        return exc
+    problem = server_problem(hello)
+    if problem is not None:
+        raise StartupError(f"Redis at {where} {problem}", settings=("redis_url",))
+    problem = mode_problem(hello, cluster)
+    if problem is not None:
+        raise StartupError(f"Redis at {where} {problem}", settings=("redis_cluster",))
     return None
 
 
+def server_problem(hello: Any) -> str | None:
+    """Why the server that answered ``HELLO`` with ``hello`` (a map, or RESP2's flat list)
+    cannot serve a node, or None: it is Redis 7 or later (or another server speaking the
+    same commands at that level: Valkey; the embedded fakeredis)."""
+    fields = _fields(hello)
+    server, version = fields.get("server", "redis"), fields.get("version", "")
+    if server != "fakeredis":  # the embedded server numbers its own releases
+        try:
+            found = tuple(int(part) for part in version.split(".")[:2])
+        except ValueError:
+            found = ()
+        if found < MIN_REDIS:
+            need = ".".join(map(str, MIN_REDIS))
+            return (f"is {server} {version or '(unknown version)'}: hubbub needs Redis {need} "
+                    "or later (sharded pub/sub)")
+    return None
+
+
+def mode_problem(hello: Any, cluster: bool) -> str | None:
+    """Why the server that answered ``HELLO`` with ``hello`` does not match the mode the
+    node was told (``cluster``: a Redis Cluster node), or None."""
+    found = _fields(hello).get("mode") == "cluster"
+    if found and not cluster:
+        return ("is a Redis Cluster node: start the node with --redis-cluster to run on a "
+                "Redis Cluster")
+    if cluster and not found:
+        return ("is not a Redis Cluster node: leave --redis-cluster off for a standalone "
+                "Redis, or name a node of the cluster")
+    return None
+
+
+def _fields(hello: Any) -> dict[str, str]:
+    if isinstance(hello, list | tuple):
+        hello = dict(zip(hello[::2], hello[1::2], strict=False))
+    return {_text(key): _text(value) for key, value in dict(hello).items()
+            if isinstance(value, bytes | str)}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
 async def wait_for_redis(redis: Redis, url: str, *, redis_timeout: float,
-                         give_up_after: float, since: float) -> None:
+                         give_up_after: float, since: float, cluster: bool = False) -> None:
     """Ask Redis until it answers.  ``give_up_after`` seconds (counted from loop time
     ``since``; 0: never) without an answer end the start.
 
@@ -116,7 +188,7 @@ async def wait_for_redis(redis: Redis, url: str, *, redis_timeout: float,
     loop = asyncio.get_running_loop()
     delays = backoff(initial=0.1, maximum=1.0)
     while True:
-        error = await check_redis(redis, url, redis_timeout)
+        error = await check_redis(redis, url, redis_timeout, cluster=cluster)
         if error is None:
             return
         left = since + give_up_after - loop.time()

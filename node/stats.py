@@ -15,6 +15,8 @@ from .limits import REFUSALS
 
 if TYPE_CHECKING:
     from .config import NodeConfig
+    from .redis_errors import OomEpisodes
+    from .redis_watch import RedisWatch
     from .relay import Relay
     from .user import Roster
 
@@ -28,6 +30,8 @@ class NodeStats:
     delivered: int = 0
     repaired: int = 0
     flood_disconnects: int = 0
+    inflight_waits: int = 0
+    """Times a session stopped reading its client for ``max_inflight`` unanswered messages."""
     accept_pauses: int = 0
     refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSALS, 0))
     """Connections refused at connect, by reason (see :data:`node.limits.REFUSALS`)."""
@@ -60,6 +64,10 @@ class NodeState:
     """How many rooms have members on this node."""
     stopping: Callable[[], bool]
     """True once the node is shutting down."""
+    redis_watch: RedisWatch | None = None
+    """The node's readings of Redis (memory, rooms, names), when it takes them."""
+    oom: OomEpisodes | None = None
+    """Whether Redis refuses writes for want of memory, as this node has seen it."""
 
     def modes(self) -> Iterator[str]:
         """The wire mode of every open connection."""

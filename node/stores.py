@@ -10,6 +10,10 @@ Theory of operation
   counts are cluster-wide.  An attempt is charged *before* it is checked (ATTEMPT refuses
   it unchecked once a count is at its cap) and refunded when it succeeds (REFUND), so
   concurrent guesses cannot slip past the cap.
+* **Room creation** is counted per address in a fixed window of a minute
+  (``{quota}:create:<address>``, a counter whose TTL is the window), cluster-wide, with
+  the throttles' own scripts: a join is charged before it may create a room and refunded
+  when the room turned out to exist (:class:`CreateQuota`).
 * **Sanctions** (bans and mutes) are one key each whose TTL is their duration, plus an
   index hash for listing; an index entry whose key expired is pruned when listed.
 * What the counts, bans and accounts mean for a session is decided by
@@ -31,8 +35,12 @@ from .errors import AuthThrottled
 from .keys import Keys
 from .model import BanEntry
 from .redis_errors import translated
+from .topology import RoutedScript, Topology, as_topology
 
-__all__ = ["Account", "AccountStore", "Sanctions", "Throttle"]
+__all__ = ["CREATE_WINDOW", "Account", "AccountStore", "CreateQuota", "Sanctions", "Throttle"]
+
+CREATE_WINDOW = 60.0
+"""Seconds over which the rooms an address creates are counted."""
 
 
 # --------------------------------------------------------------------------- accounts
@@ -59,10 +67,16 @@ class Account:
 class AccountStore:
     """Accounts in Redis: ``{accounts}`` (folded -> JSON) and ``{accounts}:opers``."""
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
-        self._redis = redis
+    def __init__(self, redis: Redis | Topology, keys: Keys) -> None:
+        """``redis``: the shards (a plain client: one standalone shard)."""
+        self._topology = topology = as_topology(redis)
         self.keys = keys
-        self._set_if_same = redis.register_script(scripts.SET_IF_SAME)
+        self._set_if_same = RoutedScript(topology, scripts.SET_IF_SAME)
+
+    @property
+    def _redis(self) -> Redis:
+        """The client of the ``{accounts}`` shard."""
+        return self._topology.client_of(self.keys.accounts)
 
     async def get(self, folded: str) -> Account | None:
         async with translated("account"):
@@ -126,11 +140,12 @@ class AccountStore:
 class Throttle:
     """Failed-attempt caps per name and per address, cluster-wide (see module docstring)."""
 
-    def __init__(self, redis: Redis, keys: Keys, config: NodeConfig) -> None:
+    def __init__(self, redis: Redis | Topology, keys: Keys, config: NodeConfig) -> None:
+        topology = as_topology(redis)
         self.keys = keys
         self._cfg = config
-        self._attempt = redis.register_script(scripts.ATTEMPT)
-        self._refund = redis.register_script(scripts.REFUND)
+        self._attempt = RoutedScript(topology, scripts.ATTEMPT)
+        self._refund = RoutedScript(topology, scripts.REFUND)
         self.refused = 0
         self.failed = 0
 
@@ -158,15 +173,60 @@ class Throttle:
             await self._refund(keys=keys, args=caps)
 
 
+# --------------------------------------------------------------------------- room creation
+
+
+class CreateQuota:
+    """New rooms per address per minute, cluster-wide (``room_create_rate``; 0: no cap).
+
+    The counter is charged *before* the join that may create a room (ATTEMPT refuses the
+    charge at the cap), so concurrent joins from one address on several nodes cannot slip
+    past it, and refunded (REFUND) when the room existed after all."""
+
+    def __init__(self, redis: Redis | Topology, keys: Keys, config: NodeConfig) -> None:
+        topology = as_topology(redis)
+        self.keys = keys
+        self.cap = config.room_create_rate
+        self._attempt = RoutedScript(topology, scripts.ATTEMPT)
+        self._refund = RoutedScript(topology, scripts.REFUND)
+        self.refused = 0
+        """Joins refused because their room would have been new (counted by the caller)."""
+
+    async def charge(self, address: str) -> float:
+        """Count one creation for ``address``: 0 when it may create a room now (charged),
+        else the seconds until it may (nothing charged)."""
+        if not self.cap:
+            return 0.0
+        window_ms = int(CREATE_WINDOW * 1000)
+        async with translated("quota"):
+            # ATTEMPT with one key: its cap is ARGV[1], ARGV[2] (a second key's) unused
+            left = int(await self._attempt(keys=[self.keys.room_creates(address)],
+                                           args=[self.cap, 0, window_ms]))
+        return left / 1000
+
+    async def refund(self, address: str) -> None:
+        """Give back a charge whose join created nothing."""
+        if not self.cap:
+            return
+        async with translated("quota"):
+            await self._refund(keys=[self.keys.room_creates(address)], args=[self.cap])
+
+
 # --------------------------------------------------------------------------- sanctions
 
 
 class Sanctions:
     """Bans and mutes in Redis: one key per sanction (TTL = duration) + a listing index."""
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
-        self._redis = redis
+    def __init__(self, redis: Redis | Topology, keys: Keys) -> None:
+        """``redis``: the shards (a plain client: one standalone shard)."""
+        self._topology = as_topology(redis)
         self.keys = keys
+
+    @property
+    def _redis(self) -> Redis:
+        """The client of the ``{mod}`` shard."""
+        return self._topology.client_of(self.keys.sanctions)
 
     def key(self, kind: str, target: str) -> str:
         if kind == "nick-ban":

@@ -51,7 +51,7 @@ USAGE: dict[str, str] = {
     "me": "usage: /me TEXT",
     "nick": "usage: /nick NEW",
     "who": "usage: /who [ROOM]",
-    "rooms": "usage: /rooms",
+    "rooms": "usage: /rooms [AFTER]  (the rooms whose names come after AFTER)",
     "history": "usage: /history [N] (N a positive integer)",
     "help": "usage: /help",
     "ping": "usage: /ping",
@@ -152,7 +152,7 @@ def _parse_text_command(word: str, rest: str) -> m.Command:
     if name == "who":
         return m.Who(room=_one_word(rest, name, required=False))
     if name == "rooms":
-        return m.Rooms()
+        return m.Rooms(after=_one_word(rest, name, required=False))
     if name == "history":
         count = _one_word(rest, name, required=False)
         if count is None:
@@ -288,22 +288,34 @@ class TextCodec:
                 return [f"* {_oneline(nick)} quit"]
             case m.NickChanged(old=old, new=new):
                 return [f"* {_oneline(old)} is now {_oneline(new)}"]
+            case m.TopicChanged(room=room, nick=nick, text=text):
+                if text:
+                    return [f"* {_oneline(nick)} set the topic of {_oneline(room)}: "
+                            f"{_oneline(text)}"]
+                return [f"* {_oneline(nick)} cleared the topic of {_oneline(room)}"]
             case m.WhoReply(room=room, nicks=nicks):
                 line = f"* {_oneline(room)}: {_plural(len(nicks), 'user')}"
                 if nicks:
                     line += ": " + ", ".join(_oneline(n) for n in sorted_nicks(nicks))
                 return [line]
-            case m.RoomsReply(rooms=rooms):
+            case m.RoomsReply(rooms=rooms, more=more):
                 line = f"* {_plural(len(rooms), 'room')}"
                 if rooms:
                     line += ": " + ", ".join(f"{_oneline(r)} ({n})" for r, n in rooms)
+                if more and rooms:
+                    last = _oneline(rooms[-1][0])
+                    return [line, f"* more rooms follow: /rooms {last}"]
                 return [line]
-            case m.HistoryReply(room=room, messages=messages):
-                head = f"* history {_oneline(room)}: {_plural(len(messages), 'message')}"
+            case m.HistoryReply(room=room, messages=messages, complete=complete):
+                top = [f"* history {_oneline(room)}: {_plural(len(messages), 'message')}"]
+                if not complete:
+                    top.append(_gap_line(room))
                 body = [
                     f"* [{_oneline(m.room)}] {_hms(m.ts)} {_text_message(m)}" for m in messages
                 ]
-                return [head, *body, "* end of history"]
+                return [*top, *body, "* end of history"]
+            case m.Gap(room=room):
+                return [_gap_line(room)]
             case m.BansReply(entries=entries):
                 what = "ban or mute" if len(entries) == 1 else "bans or mutes"
                 head = f"* {len(entries)} {what} in force"
@@ -318,6 +330,10 @@ class TextCodec:
                 return [f"* bye: {_oneline(reason)}"]
             case _:
                 assert_never(event)
+
+
+def _gap_line(room: str) -> str:
+    return f"* some messages in #{_oneline(room)} are no longer in history"
 
 
 def _ban_line(entry: m.BanEntry) -> str:

@@ -46,6 +46,11 @@ class User:
     oper: bool = False
     muted_until: float = 0.0
     """Loop time until which the user's messages are refused (an operator's mute)."""
+    ident: str | None = None
+    """An IRC user's user name and real name (``USER``): the cluster records them."""
+    realname: str | None = None
+    away: str | None = None
+    """The away message while an IRC user is away."""
     said_quit: bool = False
     quit_reason: str | None = None
     """The reason given with /quit, if the client quit itself."""
@@ -63,7 +68,8 @@ class User:
         """What the cluster records of this user's name (``{nicks}:info``), held on
         ``node_id``; ``nick``: under a new nickname."""
         return NameInfo(nick or self.nick, self.token, node_id, tuple(self.rooms),
-                        prev=self.resumed_from, oper=self.oper, account=self.account)
+                        prev=self.resumed_from, oper=self.oper, account=self.account,
+                        ident=self.ident, real=self.realname, away=self.away)
 
     def set_peer(self, peer: object) -> None:
         """Take the address of a socket's peer (or of a PROXY header's source)."""

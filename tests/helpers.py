@@ -19,11 +19,13 @@ TIMEOUT = 5.0
 
 
 def node_config(node_id: str, **overrides: Any) -> NodeConfig:
-    # Tests connect many clients from 127.0.0.1 and send bursts: no flood control and no
-    # per-address caps unless a test sets them (tests/test_abuse.py does).
+    # Tests connect many clients from 127.0.0.1 and send bursts: no flood control, no
+    # listing pace and no per-address caps unless a test sets them (tests/test_abuse.py
+    # does).
     return replace(NodeConfig(node_id=node_id, host="127.0.0.1", port=0, lease_ttl=2.0,
                               redis_timeout=1.0, shutdown_grace=2.0, http_port=0,
-                              rate=0, max_per_ip=0, conn_rate_per_ip=0),
+                              rate=0, max_per_ip=0, conn_rate_per_ip=0, list_rate=0,
+                              room_create_rate=0),
                    **overrides)
 
 

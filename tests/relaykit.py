@@ -27,21 +27,31 @@ class Sink:
 
     def __init__(self) -> None:
         self.envelopes: list[env.Envelope] = []
+        """What came, a batch's messages one by one (``batches`` counts the batches)."""
+        self.batches = 0
         self.lost: list[str] = []
         self.resubscribed = 0
+        self.resubscribed_which: list[frozenset[str] | None] = []
+        """What each resubscription named (channels from a bus, rooms from a relay;
+        None: all)."""
         self.resets = 0
         self._changed = asyncio.Event()
 
     def on_envelope(self, envelope: env.Envelope) -> None:
-        self.envelopes.append(envelope)
+        if isinstance(envelope, env.RoomBatch):
+            self.batches += 1
+            self.envelopes.extend(envelope.msgs)
+        else:
+            self.envelopes.append(envelope)
         self._changed.set()
 
     def on_lease_lost(self, folded: str) -> None:
         self.lost.append(folded)
         self._changed.set()
 
-    def on_resubscribed(self) -> None:
+    def on_resubscribed(self, which: frozenset[str] | None = None) -> None:
         self.resubscribed += 1
+        self.resubscribed_which.append(which)
         self._changed.set()
 
     def on_redis_reset(self) -> None:

@@ -5,14 +5,16 @@ loopback)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 
 import fakeredis
 
 from node.metrics import NodeMetrics
 from node.server import ChatNode
+from node.session import PARSE_SLICE
 
-from .helpers import LineClient, json_user, running_node, text_user
+from .helpers import JsonClient, LineClient, json_user, running_node, text_user, wait_until
 
 
 def port(node: ChatNode) -> int:
@@ -50,12 +52,13 @@ async def test_flood_is_delayed_then_disconnected_while_others_are_unaffected(
             await carol.send(f"calm {i}")
         assert await bob.expect("* alice quit") == "* alice quit (flooding)"
         elapsed = loop.time() - started
-        # 20 at once (the burst), then one per 50 ms; the 21st line that has to wait
-        # ends the session (40 relayed, a few more if the node itself was slow enough
-        # that some lines found a token waiting) and nothing after it is relayed
+        # 19 at once (the burst, less the token her hello's lobby join took), then one
+        # per 50 ms; the 21st line that has to wait ends the session (39 relayed, a few
+        # more if the node itself was slow enough that some lines found a token waiting)
+        # and nothing after it is relayed
         said = [s for s in bob.seen if s.startswith("[lobby] alice:")]
         assert said == [f"[lobby] alice: flood {i}" for i in range(len(said))]
-        assert 40 <= len(said) < 60, len(said)
+        assert 39 <= len(said) < 60, len(said)
         assert elapsed >= 0.9, elapsed
         # carol was never held up: all her lines arrived, in order, during the flood
         calm = [s for s in bob.seen if s.startswith("[lobby] carol:")]
@@ -70,8 +73,9 @@ async def test_flood_is_delayed_then_disconnected_while_others_are_unaffected(
 
 async def test_flood_control_covers_publishing_commands_only_and_json_gets_the_ref(
         fake_server: fakeredis.FakeServer) -> None:
-    # a rate so low no token comes back during the test; the first line over budget ends it
-    async with running_node(fake_server, rate=0.001, burst=2, flood_disconnect=0) as node:
+    # a rate so low no token comes back during the test; the first line over budget ends
+    # it (the burst: the hello's lobby join, then two lines)
+    async with running_node(fake_server, rate=0.001, burst=3, flood_disconnect=0) as node:
         c = await json_user(port(node), "spam")
         await c.op("say", text="one", ref=1)
         await c.op("me", text="two", ref=2)
@@ -86,6 +90,71 @@ async def test_flood_control_covers_publishing_commands_only_and_json_gets_the_r
         await c.op("join", room="dev", ref=3)
         error = await c.event("error")
         assert error["code"] == "rate-limited" and error["ref"] == 3
+        await c.closed()
+
+
+async def test_listing_is_paced_per_session_before_registration_and_never_refused(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with running_node(fake_server, list_rate=20.0, list_burst=2, rate=0.001,
+                            burst=5) as node:
+        bob = await json_user(port(node), "bob")
+        lister = await JsonClient.connect(port(node))  # not registered
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ops = [("rooms", {}), ("who", {"room": "lobby"})] * 6
+        await lister.send(b"".join(
+            json.dumps({"op": op, "ref": i, **f}).encode() + b"\n"
+            for i, (op, f) in enumerate(ops)) + b'{"op":"hello","nick":"lister","ref":"h"}\n')
+        first = await lister.event(ref=0)
+        assert first["ev"] == "rooms"
+        # another client is not held up by it: bob's own listing is answered at once,
+        # while the lister's are still being paced out (10 of them at 20/s: 0.5 s)
+        asked = loop.time()
+        await bob.op("who", room="lobby", ref="b")
+        assert (await bob.event("who", ref="b"))["nicks"] == ["bob"]
+        bob_waited = loop.time() - asked
+        replies = [first] + [await lister.event(ref=i) for i in range(1, len(ops))]
+        assert [r["ev"] for r in replies] == [op for op, _ in ops]  # none refused
+        elapsed = loop.time() - started
+        assert bob_waited < elapsed / 2, (bob_waited, elapsed)
+        await lister.event("welcome", nick="lister")  # in order, after every listing
+        assert elapsed >= 0.45, elapsed  # the burst of 2, then 10 at 20 per second
+        (session,) = [s for s in node.sessions if s.user.nick == "lister"]
+        assert session.lister.waited == len(ops) - 2
+        assert session.flood.over == 0  # listings take nothing from the flood budget
+        await lister.op("ping", ref="p")
+        await lister.event("pong", ref="p")
+
+
+async def test_waiting_listings_are_parsed_a_slice_at_a_time_and_dropped_with_the_socket(
+        fake_server: fakeredis.FakeServer) -> None:
+    async with running_node(fake_server, list_rate=5.0, list_burst=1) as node:
+        c = await JsonClient.connect(port(node))
+        line = b'{"op":"rooms","ref":"r"}\n'
+        await c.send(line * (200_000 // len(line)))  # 200 kB: 27 min of listings at 5/s
+        await c.event("rooms", ref="r")
+        await c.event("rooms", ref="r")  # the second one waited for its token
+        (session,) = node.sessions
+        # what waits is at most one slice of parsed commands, not 200 kB of them
+        assert len(session.wire._ready) <= PARSE_SLICE // len(line) + 1
+        # gone (the node learns it at its next answer): what it queued is dropped, not
+        # paced out for nobody
+        await c.close()
+        await wait_until(lambda: not node.sessions)
+
+
+async def test_a_hello_naming_rooms_takes_a_flood_token_per_room(
+        fake_server: fakeredis.FakeServer) -> None:
+    # the burst covers a hello with 3 rooms and one line: the next line is one too many
+    async with running_node(fake_server, rate=0.001, burst=4, flood_disconnect=0) as node:
+        c = await JsonClient.connect(port(node))
+        await c.op("hello", nick="many", rooms=["a", "b", "c"], ref="h")
+        await c.event("ack", ref="h")
+        await c.op("say", text="one", ref=1)
+        await c.event("ack", ref=1)
+        await c.op("say", text="two", ref=2)
+        error = await c.event("error")
+        assert error["code"] == "rate-limited" and error["ref"] == 2
         await c.closed()
 
 

@@ -102,6 +102,47 @@ def test_reconnect_catches_up_after_the_last_id_in_pages() -> None:
     assert texts(shown) == ["last"]  # 'live' (id 209-0) is older than 999-0: a duplicate
 
 
+GAP = "some messages in #lobby are no longer in history"
+
+
+def notices(shown: list[Shown]) -> list[str]:
+    return [s.text for s in shown if s.kind == "notice"]
+
+
+def test_a_catch_up_the_node_cannot_complete_is_said_once_before_what_is_held() -> None:
+    s = ClientState([A, B], "me")
+    hist, _ = welcomed(s)
+    s.handle(history_reply(hist, [msg("lobby", "bob", "m1", "1-0")]))
+    s.disconnected()
+    ops = welcomed(s, resumed=True)
+    s.handle(msg("lobby", "bob", "live", "900-0"))  # held meanwhile
+    page = [msg("lobby", "bob", f"p{i}", f"{i + 50}-0") for i in range(CATCHUP_PAGE)]
+    shown, more = s.handle({**history_reply(ops[0], page), "complete": False,
+                            "oldest": "50-0"})
+    assert notices(shown) == [GAP] and shown[0].text == GAP  # before what is still held
+    # the next page is asked after an id just shown; were it trimmed meanwhile, the gap
+    # is the same one: said once
+    shown, _ = s.handle({**history_reply(more[0], [msg("lobby", "bob", "end", "800-0")]),
+                         "complete": False, "oldest": "300-0"})
+    assert notices(shown) == [] and texts(shown) == ["end", "live"]
+    # a complete catch-up after the next failover says nothing
+    s.disconnected()
+    ops = welcomed(s, resumed=True)
+    shown, _ = s.handle(history_reply(ops[0], [msg("lobby", "bob", "new", "901-0")]))
+    assert notices(shown) == [] and texts(shown) == ["new"]
+
+
+def test_a_gap_the_node_found_in_its_own_repair_is_said() -> None:
+    s = ClientState([A], "me")
+    hist, _ = welcomed(s)
+    s.handle(history_reply(hist, []))
+    shown, ops = s.handle({"ev": "gap", "room": "lobby", "oldest": "5-0"})
+    assert (notices(shown), ops) == ([GAP], [])
+    assert plain(shown[0]).endswith(GAP)
+    shown, _ = s.handle({"ev": "gap", "room": "lobby"})  # another repair, another gap
+    assert notices(shown) == [GAP]
+
+
 def test_pending_messages_resent_only_if_the_catch_up_does_not_show_them() -> None:
     s = ClientState([A, B], "me")
     hist, _ = welcomed(s)
@@ -203,6 +244,27 @@ def test_commands_become_ops() -> None:
     for bad in ("/msg bob", "/join", "/nick", "/history x", "/nope"):
         shown, ops = s.command(bad)
         assert shown[0].kind == "error" and not ops
+
+
+def test_the_room_listing_comes_a_page_at_a_time() -> None:
+    s = ClientState([A], "me")
+    welcomed(s)
+    _, ops = s.command("/rooms dev")
+    assert ops == [{"op": "rooms", "after": "dev", "ref": ops[0]["ref"]}]
+    shown, _ = s.handle({"ev": "rooms", "rooms": [{"room": "lobby", "members": 2}],
+                         "more": True, "ref": ops[0]["ref"]})
+    assert [x.text for x in shown] == ["1 rooms: lobby (2)", "more rooms follow: /rooms lobby"]
+    shown, _ = s.handle({"ev": "rooms", "rooms": [], "ref": "x"})
+    assert [x.text for x in shown] == ["0 rooms: "]
+
+
+def test_topics_are_shown() -> None:
+    s = ClientState([A], "me")
+    welcomed(s)
+    shown, ops = s.handle({"ev": "topic", "room": "lobby", "nick": "ann", "text": "ship it"})
+    assert [x.text for x in shown] == ["ann set the topic of lobby: ship it"] and not ops
+    shown, _ = s.handle({"ev": "topic", "room": "lobby", "nick": "ann", "text": ""})
+    assert [x.text for x in shown] == ["ann cleared the topic of lobby"]
 
 
 def test_membership_follows_events() -> None:

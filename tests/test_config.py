@@ -43,6 +43,7 @@ def test_config_is_frozen() -> None:
     {"node_id": "a*b"},
     {"port": -1},
     {"port": 65536},
+    {"redis_sample_interval": -1.0},
     {"lease_ttl": 0.5},
     {"lease_ttl": 0},
     {"max_buffer": 4095},
@@ -79,6 +80,7 @@ def test_every_problem_is_reported_at_once() -> None:
     {"node_id": "n" * 64},
     {"port": 0},
     {"port": 65535},
+    {"redis_sample_interval": 0},
     {"lease_ttl": 1},
     {"max_line": 64, "max_buffer": 64},
 ])

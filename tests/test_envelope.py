@@ -266,3 +266,46 @@ def test_sanction_needs_finite_numeric_seconds(seconds: object) -> None:
                        "by": "op", "seconds": seconds})
     with pytest.raises(env.BadEnvelope):
         env.parse(data)
+
+
+def test_a_batch_round_trips_and_keeps_each_message_id() -> None:
+    msgs = (env.RoomMsg("lobby", "ann", "s1", "hi", id="5-0"),
+            env.RoomMsg("lobby", "bob", "s2", "yo", action=True, id="5-1"))
+    batch = env.RoomBatch("lobby", msgs)
+    data = batch.serialize()
+    assert data.startswith(b'{"v":2,"t":"batch","e":[{"id":"5-0","v":1,"t":"msg"')
+    assert env.parse(data) == batch
+
+
+@pytest.mark.parametrize("data", [
+    b'{"v":2,"t":"batch","e":[]}',
+    b'{"v":2,"t":"batch"}',
+    b'{"v":2,"t":"msg","room":"r","from":"a","sid":"s","text":"x"}',
+    b'{"v":1,"t":"batch","e":[{"id":"1-0","v":1,"t":"msg","room":"r"}]}',
+    b'{"v":2,"t":"batch","e":[{"id":"1-0","v":1,"t":"join","room":"r","nick":"a"}]}',
+    b'{"v":2,"t":"batch","e":[{"id":"1-0","v":3,"t":"msg","room":"r"}]}',
+    b'{"v":2,"t":"batch","e":[{"v":1,"t":"msg","room":"r"}]}',
+    b'{"v":2,"t":"batch","e":[{"id":"1-0","v":1,"t":"msg","room":"r"},'
+    b'{"id":"1-1","v":1,"t":"msg","room":"s"}]}',
+    b'{"v":2,"t":"batch","e":[7]}',
+    b'{"v":3,"t":"batch","e":[]}',
+])
+def test_a_malformed_batch_is_a_bad_envelope(data: bytes) -> None:
+    with pytest.raises(env.BadEnvelope):
+        env.parse(data)
+
+
+batch_like = st.fixed_dictionaries(
+    {"v": st.just(env.BATCH_VERSION), "t": st.just("batch"),
+     "e": st.lists(st.one_of(envelope_like, json_values), max_size=4)})
+
+
+@settings(deadline=None)
+@given(batch_like)
+def test_batch_like_objects_parse_or_raise_bad_envelope(value: dict[str, Any]) -> None:
+    try:
+        parsed = parse(json.dumps(value))
+    except BadEnvelope:
+        return
+    assert isinstance(parsed, env.RoomBatch) and parsed.msgs
+    assert parse(parsed.serialize()) == parsed

@@ -41,6 +41,8 @@ async def test_health_ready_and_metrics(fake_server: fakeredis.FakeServer) -> No
         assert "hubbub_publish_seconds_count 1.0" in text
         assert "hubbub_canary_rtt_seconds_count" in text
         assert "hubbub_ready 1.0" in text
+        assert 'hubbub_bus_shard_ready{shard="standalone"} 1.0' in text
+        assert "hubbub_bus_channel_moves_total 0.0" in text
         if sys.platform == "linux":  # the process collector reads /proc
             assert "process_resident_memory_bytes" in text
 
@@ -57,7 +59,7 @@ async def test_a_deaf_node_is_not_ready(fake_server: fakeredis.FakeServer) -> No
         await wait_until(lambda: _ready(http_port), timeout=5)
         pubsub = node.relay._pubsub
         assert pubsub is not None
-        await pubsub.unsubscribe(node.relay.keys.node_channel(node.config.node_id))
+        await pubsub.sunsubscribe(node.relay.bus.links[0].canary_channel)
 
         async def deaf() -> tuple[int, str] | None:
             status, body = await get(http_port, "/readyz")

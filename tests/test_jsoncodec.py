@@ -45,6 +45,7 @@ def json_error(line: str) -> ProtocolError:
         ({"op": "who"}, m.Who()),
         ({"op": "who", "room": "dev"}, m.Who(room="dev")),
         ({"op": "rooms"}, m.Rooms()),
+        ({"op": "rooms", "after": "dev", "limit": 50}, m.Rooms(after="dev", limit=50)),
         ({"op": "history"}, m.History()),
         ({"op": "history", "room": "dev", "limit": 5}, m.History(room="dev", limit=5)),
         ({"op": "ping"}, m.Ping()),
@@ -207,6 +208,10 @@ _BY_FIELD: dict[str, st.SearchStrategy[Any]] = {
     "ref": st.none() | _TEXT | st.integers(),
     "duration": st.none() | st.integers(min_value=1, max_value=MAX_DURATION),
     "limit": st.none() | st.integers(min_value=1),
+    # what only IRC sessions give (a NOTICE; registering in no room)
+    "notice": st.just(False),
+    "lobby": st.just(True),
+    "tags": st.just(()),
 }
 """Fields whose values the parser accepts only in part (or of a type not above)."""
 

@@ -34,7 +34,10 @@ def test_every_name_key_shares_the_nicks_tag() -> None:
 
 def test_other_keys_have_their_own_tags() -> None:
     k = Keys()
-    assert hash_tag(k.rooms) == "rooms"
+    assert {hash_tag(k.rooms_live), hash_tag(k.rooms_count), hash_tag(k.rooms_idle)} \
+        == {"rooms"}
+    assert {hash_tag(k.members("r")), hash_tag(k.history("r")), hash_tag(k.topic("r")),
+            hash_tag(k.room_channel("r")), hash_tag(k.once("r", "x"))} == {"room:r"}
     assert hash_tag(k.events) == "events"
     assert hash_tag(k.node_channel("n1")) == "node:n1"
 
@@ -60,8 +63,9 @@ def test_room_of_channel_is_none_for_other_channels() -> None:
 def test_prefix_starts_every_key_and_channel(prefix: str) -> None:
     k = Keys(prefix)
     assert k.prefix == prefix
-    keys = [k.nicks, k.info, k.nodes, k.rooms, k.events, k.lease("x"), k.alive("n"),
-            k.owned("n"), k.members("r"), k.history("r"), k.room_channel("r"),
+    keys = [k.nicks, k.info, k.nodes, k.rooms_live, k.rooms_idle, k.rooms_count, k.events,
+            k.lease("x"), k.alive("n"), k.owned("n"), k.members("r"), k.history("r"),
+            k.topic("r"), k.room_channel("r"),
             k.node_channel("n")]
     assert all(key.startswith(prefix + "{") for key in keys)
     assert k.room_of_channel(k.room_channel("r")) == "r"

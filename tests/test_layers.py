@@ -20,13 +20,15 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "scripts"),
     ("names", "envelope", "proxyproto"),
     ("feeds", "framing", "codec"),
-    ("localroom", "textcodec", "jsoncodec"),
-    ("protocol",),
+    ("localroom", "textcodec", "jsoncodec", "irccodec"),
+    ("protocol", "ircrender"),
     # I/O helpers
     ("pause", "redis_errors", "logs", "tls"),
     ("startup",),
     # the Redis side, behind the relay facade
-    ("bus", "leases", "publisher", "stores"),
+    ("topology",),
+    ("buslink",),
+    ("bus", "leases", "publisher", "stores", "redis_watch"),
     ("rooms",),
     ("relay",),
     # what a member is, and what /metrics and /readyz read
@@ -43,6 +45,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # one connection: the socket's protocol, then its task
     ("connection",),
     ("session",),
+    ("ircsession",),
     # the composition root
     ("server",),
 )

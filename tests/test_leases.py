@@ -4,6 +4,7 @@ fakeredis, with a stand-in for the room side."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,7 +30,7 @@ class Rooms:
     def __init__(self) -> None:
         self.left: list[tuple[str, str, tuple[str, ...], str | None]] = []
 
-    async def leave_all(self, folded: str, nick: str, rooms: Iterable[str],
+    async def leave_all(self, folded: str, token: str, nick: str, rooms: Iterable[str],
                         reason: str | None) -> None:
         self.left.append((folded, nick, tuple(rooms), reason))
 
@@ -105,6 +106,53 @@ async def test_renewal_reports_exactly_the_lost_leases_across_chunks(
         assert await fake_redis.pttl(KEYS.lease(f"u{i}")) > 10_000
 
 
+async def test_after_its_renewals_failed_a_node_reaps_nobody_for_a_lease_ttl(
+        fake_redis: Any) -> None:
+    """An outage of the names' shard longer than the lease TTL (a failover) lets every
+    heartbeat expire: the node that renews first must give the others a whole TTL to
+    renew before it reaps anyone, and then still reap a node that is really dead."""
+    a, _, _ = make_leases(fake_redis, "node-a")
+    await a.renew()
+    assert (await a.claim("ann", name(a, "Ann"))).ok
+    await fake_redis.delete(KEYS.alive("node-a"))  # expired while the shard was away
+    sink, rooms = Sink(), Rooms()
+    ttl = 1.0
+    b = Leases(fake_redis, dataclasses.replace(config("node-b"), lease_ttl=ttl), KEYS,
+               sink, rooms.leave_all)
+    loop = asyncio.get_running_loop()
+    real_renew, real_reap = b.renew, b.reap
+    back: asyncio.Future[float] = loop.create_future()
+    reaped: asyncio.Future[float] = loop.create_future()
+
+    async def renew() -> None:
+        if not back.done() and b.stats.renewal_failures < 4:
+            # the shard is still away for this node's renewals, over more than one
+            # reaping interval: the reaper may reach it first, and must wait too
+            raise RelayUnavailable()
+        await real_renew()
+        if not back.done():
+            back.set_result(loop.time())
+
+    async def reap() -> int:
+        at = loop.time()
+        released = await real_reap()
+        if released and not reaped.done():
+            reaped.set_result(at)
+        return released
+
+    b.renew, b.reap = renew, reap  # type: ignore[method-assign]
+    tasks = [asyncio.create_task(b.renew_loop()), asyncio.create_task(b.reap_loop())]
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            came_back, reaped_at = await back, await reaped
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert reaped_at >= came_back + ttl
+    assert rooms.left == [("ann", "Ann", (), "connection lost")]
+
+
 async def test_a_departure_leaves_its_rooms_then_releases_its_name(fake_redis: Any) -> None:
     leases, _, rooms = make_leases(fake_redis, "node-a")
     ann = name(leases, "Ann", ("lobby", "dev"))
@@ -137,3 +185,20 @@ async def test_a_claim_that_ran_but_failed_is_released_in_the_background(
     assert await fake_redis.get(KEYS.lease("ann")) is None
     assert rooms.left == []
     leases.abandon_departures()  # nothing left to stop
+
+
+async def test_a_departure_after_a_resume_elsewhere_leaves_the_rooms_alone(
+        fake_redis: Any) -> None:
+    """A node shutting down tells its users to move; one resumed on another node before
+    this node got to its departure: the rooms are the resumed session's now, so no quit is
+    announced and nothing is taken out of them (the name stays the resumer's)."""
+    leases_a, _, rooms_a = make_leases(fake_redis, "node-a")
+    leases_b, _, _ = make_leases(fake_redis, "node-b")
+    ann = name(leases_a, "Ann", ("lobby",))
+    assert await leases_a.claim("ann", ann) == ClaimResult(True)
+    moved = name(leases_b, "Ann", ("lobby",))
+    assert (await leases_b.resume("ann", ann.token, moved)).ok
+    await leases_a.depart("ann", ann.token, "Ann", ann.rooms, "node shutting down")
+    assert rooms_a.left == []
+    holder = await leases_b.lookup("ann")
+    assert holder is not None and holder.token == moved.token

@@ -9,6 +9,7 @@ import pytest
 from node.limits import (
     ConnectionLimiter,
     FloodGuard,
+    Pacer,
     TokenBucket,
     connection_ceiling,
     dead_peer_bound,
@@ -104,6 +105,50 @@ def test_flood_guard_steady_client_at_the_rate_is_never_disconnected() -> None:
 def test_flood_guard_rate_zero_is_unlimited() -> None:
     guard = FloodGuard(rate=0, burst=1, disconnect_after=0, now=0.0)
     assert all(guard.admit(0.0) == 0.0 for _ in range(10_000))
+
+
+def test_flood_guard_charges_a_command_worth_several() -> None:
+    guard = FloodGuard(rate=5.0, burst=20, disconnect_after=2, now=0.0)
+    assert guard.admit(0.0, cost=8) == 0.0  # within the burst: at once
+    assert guard.admit(0.0, cost=12) == 0.0  # the burst used up exactly
+    assert guard.admit(0.0, cost=10) == pytest.approx(2.0)  # 10 tokens at 5/s
+    assert guard.over == 1  # one command over budget, however many tokens it took
+    assert guard.admit(2.0) == pytest.approx(0.2)  # the loan was paid off by 2.0
+    assert guard.over == 2
+    assert guard.admit(2.2) is None  # past disconnect_after commands over budget
+
+
+def test_flood_guard_cost_more_than_the_burst_waits_for_the_rest() -> None:
+    guard = FloodGuard(rate=5.0, burst=20, disconnect_after=100, now=0.0)
+    assert guard.admit(0.0, cost=50) == pytest.approx(6.0)  # (50 - 20) / 5
+    assert guard.admit(6.0, cost=1) == pytest.approx(0.2)
+
+
+def test_flood_guard_cost_below_one_is_one() -> None:
+    guard = FloodGuard(rate=1.0, burst=1, disconnect_after=5, now=0.0)
+    assert guard.admit(0.0, cost=0) == 0.0
+    assert guard.admit(0.0, cost=0) == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- pacer
+
+
+def test_pacer_burst_then_the_rate_and_never_refuses() -> None:
+    pacer = Pacer(rate=1.0, burst=5, now=0.0)
+    assert [pacer.admit(0.0) for _ in range(5)] == [0.0] * 5
+    now = 0.0
+    for _ in range(1000):  # a client listing in a loop: slowed to 1/s, never cut off
+        delay = pacer.admit(now)
+        assert delay == pytest.approx(1.0)
+        now += delay
+    assert pacer.waited == 1000
+    assert pacer.admit(now + 5.0) == 0.0  # after a pause the burst is back
+
+
+def test_pacer_rate_zero_is_unlimited() -> None:
+    pacer = Pacer(rate=0, burst=1, now=0.0)
+    assert all(pacer.admit(0.0) == 0.0 for _ in range(10_000))
+    assert pacer.waited == 0
 
 
 # --------------------------------------------------------------------------- addresses

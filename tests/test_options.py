@@ -90,7 +90,8 @@ def _other_value(option: NodeOption) -> Any:
     """A value unlike the default that NodeConfig takes, whatever the others are."""
     special = {"node_id": "n-1", "redis_url": "redis://db:6380/1", "auth": "accounts",
                "log_level": "debug", "proxy_from": "10.0.0.0/8, fd00::/8",
-               "oper_accounts": "alice,bob", "auth_token_file": "", "oper_secret_file": ""}
+               "oper_accounts": "alice,bob", "auth_token_file": "", "oper_secret_file": "",
+               "bus_format": 1}
     if option.name in special:
         return special[option.name]
     default = option.value_default

@@ -33,6 +33,7 @@ from node.model import (
     Command,
     Error,
     Event,
+    Gap,
     Hello,
     HistoryReply,
     Join,
@@ -48,6 +49,7 @@ from node.model import (
     Quitted,
     RoomsReply,
     Say,
+    TopicChanged,
     Welcome,
     Who,
     WhoReply,
@@ -159,6 +161,21 @@ RENDERED: list[tuple[Event, bytes, bytes]] = [
         b'{"ev":"nick","old":"bob","new":"robert"}\n',
     ),
     (
+        TopicChanged(room="dev", nick="bob", text="ship it"),
+        b"* bob set the topic of dev: ship it\n",
+        b'{"ev":"topic","room":"dev","nick":"bob","text":"ship it"}\n',
+    ),
+    (
+        TopicChanged(room="dev", nick="bob", text=""),
+        b"* bob cleared the topic of dev\n",
+        b'{"ev":"topic","room":"dev","nick":"bob","text":""}\n',
+    ),
+    (
+        Parted(room="dev", nick="bob", reason="lunch"),
+        b"* bob left dev\n",
+        b'{"ev":"part","room":"dev","nick":"bob","reason":"lunch"}\n',
+    ),
+    (
         WhoReply(room="lobby", nicks=("carol", "Bob", "alice")),
         b"* lobby: 3 users: alice, Bob, carol\n",
         b'{"ev":"who","room":"lobby","nicks":["alice","Bob","carol"]}\n',
@@ -181,6 +198,12 @@ RENDERED: list[tuple[Event, bytes, bytes]] = [
     ),
     (RoomsReply(rooms=()), b"* 0 rooms\n", b'{"ev":"rooms","rooms":[]}\n'),
     (
+        RoomsReply(rooms=(("dev", 1), ("lobby", 3)), ref=5, more=True),
+        b"* 2 rooms: dev (1), lobby (3)\n* more rooms follow: /rooms lobby\n",
+        b'{"ev":"rooms","rooms":[{"room":"dev","members":1},{"room":"lobby","members":3}],'
+        b'"more":true,"ref":5}\n',
+    ),
+    (
         HistoryReply(room="lobby", messages=(MSG, ACTION), ref="h"),
         b"* history lobby: 2 messages\n"
         b"* [lobby] 01:01:01 alice: hi there\n"
@@ -196,6 +219,24 @@ RENDERED: list[tuple[Event, bytes, bytes]] = [
         b"* history dev: 0 messages\n* end of history\n",
         b'{"ev":"history","room":"dev","messages":[]}\n',
     ),
+    (
+        HistoryReply(room="dev", messages=(MSG,), ref="c1", complete=False,
+                     oldest="1700000000000-0"),
+        b"* history dev: 1 message\n"
+        b"* some messages in #dev are no longer in history\n"
+        b"* [lobby] 01:01:01 alice: hi there\n"
+        b"* end of history\n",
+        b'{"ev":"history","room":"dev","messages":['
+        b'{"room":"lobby","from":"alice","text":"hi there","id":"1700000000000-0","ts":3661.25}],'
+        b'"ref":"c1","complete":false,"oldest":"1700000000000-0"}\n',
+    ),
+    (
+        Gap(room="dev", oldest="5-0"),
+        b"* some messages in #dev are no longer in history\n",
+        b'{"ev":"gap","room":"dev","oldest":"5-0"}\n',
+    ),
+    (Gap(room="dev"), b"* some messages in #dev are no longer in history\n",
+     b'{"ev":"gap","room":"dev"}\n'),
     (Ack(ref="r1", id="5-0"), b"", b'{"ev":"ack","ref":"r1","id":"5-0"}\n'),
     (Ack(ref=2), b"", b'{"ev":"ack","ref":2}\n'),
     (Ack(ref=None), b"", b'{"ev":"ack","ref":null}\n'),

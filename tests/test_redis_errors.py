@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import pytest
 from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -9,7 +12,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from structlog.testing import capture_logs
 
 from node.errors import RelayRefused, RelayUnavailable
-from node.redis_errors import refused, transient, translated
+from node.redis_errors import OomEpisodes, refused, transient, translated, watching_oom
 
 # Error replies as Redis sends them, turned into exceptions by redis-py's own parser.
 REFUSALS = [
@@ -79,3 +82,59 @@ async def test_redis_down_or_busy_is_relay_unavailable(exc: Exception) -> None:
             raise exc
     assert type(info.value) is RelayUnavailable and info.value.code == "relay-unavailable"
     assert not [e for e in logs if e["event"] == "redis refused a command"]
+
+
+OOM = "OOM command not allowed when used memory > 'maxmemory'."
+
+
+async def test_out_of_memory_is_told_once_per_episode() -> None:
+    """The first OOM reply logs one warning; more OOM replies, and commands that succeed
+    meanwhile (a read, a deletion: Redis lets them through), log nothing; the next
+    accepted write (node.redis_watch tries one) logs one info and ends the episode."""
+    episodes = OomEpisodes()
+    with capture_logs() as logs, watching_oom(episodes):
+        for what in ("publish", "join", "claim", "publish"):
+            with pytest.raises(RelayUnavailable) as info:
+                async with translated(what):
+                    raise reply(OOM)
+            assert info.value.code == "relay-unavailable"
+        for what in ("who", "part", "renew"):
+            async with translated(what):
+                pass
+        assert episodes.open and episodes.refusals == 4
+        episodes.wrote("heartbeat")
+        episodes.wrote("heartbeat")
+        with pytest.raises(RelayUnavailable):
+            async with translated("publish"):
+                raise reply(OOM + " script: 1234, on @user_script:7.")
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("redis out of memory", "warning"), ("redis accepts writes again", "info"),
+        ("redis out of memory", "warning")]
+    assert logs[0]["command"] == "publish" and logs[1]["refused"] == 4
+    assert episodes.episodes == 2 and episodes.open and episodes.refusals == 5
+
+
+async def test_oom_outside_a_watch_is_still_relay_unavailable() -> None:
+    """Without a node's watch (a tool, a test) nothing is counted and nothing breaks."""
+    with capture_logs() as logs, pytest.raises(RelayUnavailable) as info:
+        async with translated("join"):
+            raise reply(OOM)
+    assert type(info.value) is RelayUnavailable and logs == []
+
+
+async def test_each_node_keeps_its_own_episodes() -> None:
+    """Two nodes in one process: each watch sees only what its own tasks translated."""
+    mine, theirs = OomEpisodes(), OomEpisodes()
+
+    async def fail(episodes: OomEpisodes) -> None:
+        with watching_oom(episodes):
+            await asyncio.create_task(_refused())
+
+    await fail(mine)
+    assert (mine.refusals, theirs.refusals) == (1, 0)
+
+
+async def _refused() -> None:
+    with contextlib.suppress(RelayUnavailable):
+        async with translated("publish"):
+            raise reply(OOM)

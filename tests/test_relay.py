@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -135,8 +136,9 @@ async def test_a_departure_redis_cannot_take_is_finished_in_the_background(
     quits: list[str] = []
     leave_all = a.leave_all
 
-    async def counted(folded: str, nick: str, rooms: Any, reason: str | None) -> None:
-        await leave_all(folded, nick, rooms, reason)
+    async def counted(folded: str, token: str, nick: str, rooms: Any,
+                      reason: str | None) -> None:
+        await leave_all(folded, token, nick, rooms, reason)
         quits.append(nick)
 
     monkeypatch.setattr(a.leases, "_leave_rooms", failing(1, counted))
@@ -184,6 +186,32 @@ async def test_a_deferred_departure_leaves_alone_a_name_someone_else_took(
     assert calls == 1  # no second leave, no quit about b's user
     assert await b.lookup("alice") == new
     assert await raw.hget(a.keys.members("lobby"), "alice") == b"Alice"
+
+
+async def test_a_departure_that_crosses_a_resume_elsewhere_leaves_the_resumed_user_in(
+        make_relay: Any, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node shutting down looked the name up (still its session's), and before it took
+    the user out of its rooms the user resumed on another node: the late quit finds the
+    room's entry to be the new session's, and changes and tells nothing."""
+    a, _ = make_relay("node-a")
+    b, _ = make_relay("node-b")
+    old = info(a, "alice", ("lobby",))
+    assert (await a.claim("alice", old)).ok
+    await a.join("lobby", "alice", old)
+    leave_all = a.leave_all
+    new = info(b, "alice", ("lobby",))
+
+    async def resumed_first(*args: Any) -> None:
+        assert (await b.resume("alice", old.token, new)).ok
+        await b.join("lobby", "alice", new, announce=False)
+        await leave_all(*args)
+
+    monkeypatch.setattr(a.leases, "_leave_rooms", resumed_first)
+    before = await a.latest_id("lobby")
+    await a.depart("alice", old.token, "alice", ["lobby"], "node shutting down")
+    assert await b.who("lobby") == ["alice"]
+    assert await b.events("lobby", before, 10) == []  # no quit told, no join either
+    assert await b.lookup("alice") == new  # the release was compare-and-delete
 
 
 async def test_a_name_claimed_right_after_redis_lost_its_data_is_not_reaped(
@@ -524,12 +552,12 @@ async def test_who_and_rooms(make_relay: Any, raw: Any) -> None:
     assert await a.who("lobby") == ["alice", "Bob", "carol"]
     assert await b.who("dev") == ["Bob"]
     assert await a.who("nowhere") == []
-    assert await a.rooms() == [("dev", 1), ("lobby", 3)]
+    assert await a.rooms() == ([("dev", 1), ("lobby", 3)], False)
     # an emptied room disappears from the listing and from the index
     await b.part("dev", "bob", names["bob"])
-    assert await b.rooms() == [("lobby", 3)]
-    assert not await raw.sismember(a.keys.rooms, "dev")
-    await a.leave_all("alice", "alice", ["lobby"], "bye")
+    assert await b.rooms() == ([("lobby", 3)], False)
+    assert await raw.zscore(a.keys.rooms_live, "dev") is None
+    await a.leave_all("alice", names["alice"].token, "alice", ["lobby"], "bye")
     assert await b.who("lobby") == ["Bob", "carol"]
 
 
@@ -584,9 +612,13 @@ async def test_events_and_private_messages_reach_the_sink(make_relay: Any) -> No
         pm = env.DirectMsg("bob", "node-b/1", "alice", "alice", "psst", "pm-1", 12.5)
         await b.private(pm, "node-a")
         await sink.wait_for(lambda: len(sink.envelopes) == 1)
+        # bob is in lobby (recorded silently): his quit is told there
+        await b.join("lobby", "bob", NameInfo("Bob", "node-b/1", "node-b", ("lobby",)),
+                     announce=False, restore=True)
         await a.subscribe_room("lobby")
-        await b.leave_all("bob", "Bob", ["lobby"], "gone")
-        await b.rename_in_rooms("carol", "caroline", "Carol", "Caroline", ["lobby"], "node-b/2")
+        await b.leave_all("bob", "node-b/1", "Bob", ["lobby"], "gone")
+        await b.rename_in_rooms("carol", "caroline", "Carol", "Caroline", ["lobby"], "node-b/2",
+                                "node-b/2")
         await sink.wait_for(lambda: len(sink.envelopes) == 3)
     quit_, nick = sink.envelopes[1:]
     stored = await b.events("lobby", "0-0", 10)
@@ -661,7 +693,7 @@ async def test_redis_failures_become_relay_unavailable(
         lambda: relay.history("lobby", 5),
         lambda: relay.join("lobby", "alice", name),
         lambda: relay.part("lobby", "alice", name),
-        lambda: relay.leave_all("alice", "alice", ["lobby"], None),
+        lambda: relay.leave_all("alice", name.token, "alice", ["lobby"], None),
         lambda: relay.private(env.DirectMsg("a", "s", "b", "b", "t", "i", 1.0), "node-b"),
         relay.renew,
         relay.reap,
@@ -746,11 +778,23 @@ async def test_a_relay_loop_that_fails_unexpectedly_is_logged_and_restarted(
     assert relay.stats.loop_restarts == 1
 
 
+def test_a_resubscription_reaches_the_node_as_rooms(make_relay: Any) -> None:
+    """The bus reports channels; the node hears rooms (a channel that is no room's has no
+    gap to repair), or every room (None)."""
+    relay, sink = make_relay("n1")
+    k = relay.keys
+    report = relay.bus.sink.on_resubscribed
+    report(frozenset({k.room_channel("lobby"), k.room_channel("dev"), k.node_channel("n1")}))
+    report(frozenset({k.node_channel("n1"), k.events}))
+    report(None)
+    assert sink.resubscribed_which == [frozenset({"lobby", "dev"}), None]
+
+
 async def test_a_transport_error_in_the_canary_round_is_not_fatal(
         make_relay: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """uvloop raises RuntimeError when redis-py writes to a transport reset under it."""
     relay, _ = make_relay("n1", canary_interval=0.01)
-    real_publish = relay._redis.publish
+    real_publish = relay._redis.spublish
     failed = asyncio.Event()
 
     async def publish(*args: Any) -> Any:
@@ -759,15 +803,16 @@ async def test_a_transport_error_in_the_canary_round_is_not_fatal(
             raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
         return await real_publish(*args)
 
-    monkeypatch.setattr(relay._redis, "publish", publish)
+    monkeypatch.setattr(relay._redis, "spublish", publish)
     back = asyncio.Event()
-    canary_back = relay.bus._canary_back
+    (link,) = relay.bus.links
+    canary_back = link._canary_back
 
     def seen(canary: env.Canary) -> None:
         canary_back(canary)
         back.set()
 
-    monkeypatch.setattr(relay.bus, "_canary_back", seen)
+    monkeypatch.setattr(link, "_canary_back", seen)
     async with running(relay):
         async with asyncio.timeout(TIMEOUT):
             await failed.wait()
@@ -799,6 +844,9 @@ class Rounds:
     def __init__(self, relay: Relay, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
         self.sizes: list[int] = []
+        """Messages per round (each room's script carries its messages' once-keys)."""
+        self.scripts: list[int] = []
+        """Scripts per round (one per room)."""
         self.fail: list[str] = []
         """Per coming round: "before" (fails unsent), "after" (runs, then the reply is
         lost), or "" (normal)."""
@@ -810,7 +858,8 @@ class Rounds:
 
             async def counted(*a: Any, **kw: Any) -> Any:
                 self.count += 1
-                self.sizes.append(len(pipe.command_stack))
+                self.scripts.append(len(pipe.command_stack))
+                self.sizes.append(sum(int(args[2]) - 3 for args, _ in pipe.command_stack))
                 how = self.fail.pop(0) if self.fail else ""
                 if how == "before":
                     raise RedisConnectionError("Redis went away")
@@ -1028,3 +1077,66 @@ async def test_deadlines_follow_redis_clock_not_a_skewed_node_clock(make_relay: 
         await relay.publisher.sync_clock()
         assert relay.publisher.clock_offset == pytest.approx(-60.0, abs=1.0)
         assert relay.publisher._deadline() / 1000 == pytest.approx(time.time() + window, abs=1.0)
+
+
+@pytest.mark.parametrize("bus_format", [2, 1])
+async def test_a_round_is_one_script_per_room_and_one_bus_message_per_room(
+        make_relay: Any, raw: Any, monkeypatch: pytest.MonkeyPatch, bus_format: int) -> None:
+    """Format 2: a round's messages of one room travel as one batch (each with its own
+    id), sharded only; format 1 (the previous release's) publishes each alone, byte for
+    byte as then, with classic PUBLISH (the previous release's nodes) and SPUBLISH."""
+    a, sink = make_relay("node-a")
+    b, _ = make_relay("node-b", bus_format=bus_format)
+    await b.bus.load_scripts()
+    rounds = Rounds(b, monkeypatch)
+    msgs = interleaved(says("ann", 5, "lobby"), says("bob", 5, "den"))
+    async with running(a):
+        await a.subscribe_room("lobby")
+        await a.subscribe_room("den")
+        async with raw.pubsub() as watch, raw.pubsub() as classic:
+            await watch.ssubscribe(b.keys.room_channel("lobby"))
+            await classic.subscribe(b.keys.room_channel("lobby"))
+            assert await classic.get_message(timeout=1) is not None  # confirmed
+            results = await submit_all(b, msgs)
+            assert rounds.scripts == [2] and rounds.sizes == [10]
+            await sink.wait_for(lambda: len(sink.of_type(env.RoomMsg)) == 10)
+            seen: list[bytes] = []
+            while len(seen) < (1 if bus_format == 2 else 5):
+                got = await watch.get_message(ignore_subscribe_messages=True, timeout=1)
+                if got is not None:
+                    seen.append(got["data"])
+            await raw.publish(b.keys.room_channel("lobby"), b"end")
+            heard: list[bytes] = []
+            while not heard or heard[-1] != b"end":
+                got = await classic.get_message(ignore_subscribe_messages=True, timeout=1)
+                if got is not None:
+                    heard.append(got["data"])
+    assert sink.batches == (2 if bus_format == 2 else 0)
+    assert heard == ([b"end"] if bus_format == 2 else [*seen, b"end"])
+    sent = [dataclasses.replace(m, id=str(r)) for m, r in zip(msgs, results, strict=True)]
+    for room in ("lobby", "den"):
+        assert [e for e in sink.of_type(env.RoomMsg) if e.room == room] == \
+            [m for m in sent if m.room == room]
+    lobby = [m for m in sent if m.room == "lobby"]
+    if bus_format == 2:
+        assert seen == [env.RoomBatch("lobby", tuple(lobby)).serialize()]
+    else:
+        assert seen == [m.serialize() for m in lobby]
+    assert await stream_texts(raw, b, "den") == [m.text for m in sent if m.room == "den"]
+
+
+async def test_a_round_keeps_once_keys_and_deadlines_per_message(
+        make_relay: Any, raw: Any) -> None:
+    relay, _ = make_relay("n1")
+    later = int((time.time() + 60) * 1000)
+    passed = int((time.time() - 1) * 1000)
+    m1, m2, m3 = says("ann", 3)
+    first = await relay.publisher._publish_once(m1, "k1", later)
+    # a retried round: k1 ran already, k2 comes too late, k3 is new
+    results = await relay.publisher._publish_many(
+        [(m1, "k1", later), (m2, "k2", passed), (m3, "k3", later)])
+    assert results[0] == first
+    assert isinstance(results[1], RelayUnavailable)
+    assert isinstance(results[2], str) and results[2] != first
+    assert await stream_texts(raw, relay) == [m1.text, m3.text]
+    assert relay.publisher.stats.publish_too_late == 1

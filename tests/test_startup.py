@@ -26,17 +26,26 @@ from .helpers import TIMEOUT, LineClient, node_config, running_node
 
 class Answers:
     """A stand-in for the Redis client whose PING raises the given errors in turn (then
-    answers)."""
+    answers), and whose HELLO answers ``hello`` (or raises it)."""
 
-    def __init__(self, *errors: BaseException) -> None:
+    def __init__(self, *errors: BaseException, hello: Any = None) -> None:
         self.errors = list(errors)
         self.pings = 0
+        self.hello = hello if hello is not None else {b"server": b"redis",
+                                                      b"version": b"7.0.15",
+                                                      b"mode": b"standalone"}
 
     async def ping(self) -> bool:
         self.pings += 1
         if self.errors:
             raise self.errors.pop(0)
         return True
+
+    async def execute_command(self, *args: str) -> Any:
+        assert args == ("HELLO",)
+        if isinstance(self.hello, BaseException):
+            raise self.hello
+        return self.hello
 
 
 async def check(*errors: BaseException, url: str = "redis://:pw@db.example:6380/2"
@@ -65,6 +74,43 @@ async def test_a_redis_that_refuses_the_node_ends_the_start(error: BaseException
     assert says in info.value.text
     assert info.value.settings == ("redis_url",)
     assert "s3cret" not in info.value.text and "pw@" not in info.value.text
+
+
+@pytest.mark.parametrize(("hello", "says"), [
+    ({b"server": b"redis", b"version": b"6.2.14", b"mode": b"standalone"},
+     "is redis 6.2.14: hubbub needs Redis 7.0 or later (sharded pub/sub)"),
+    (ResponseError("unknown command 'HELLO', with args beginning with: "),
+     "is redis 6: hubbub needs Redis 7.0 or later"),
+])
+async def test_an_old_redis_is_refused(hello: Any, says: str) -> None:
+    fake: Any = Answers(hello=hello)
+    with pytest.raises(StartupError) as info:
+        await check_redis(fake, "redis://:pw@db.example:6380/2", 1.0)
+    assert info.value.text.startswith("Redis at redis://db.example:6380/2 ")
+    assert says in info.value.text
+    assert info.value.settings == ("redis_url",)
+
+
+@pytest.mark.parametrize("hello", [
+    {b"server": b"redis", b"version": b"7.0.15", b"proto": 3, b"mode": b"standalone"},
+    [b"server", b"redis", b"version", b"7.2.4", b"proto", 2, b"mode", b"standalone"],
+    {"server": "valkey", "version": "8.0.1", "mode": "standalone"},
+    [b"server", b"fakeredis", b"version", b"2.41.0", b"mode", b"standalone"],
+])
+async def test_redis_7_or_later_and_the_embedded_server_are_accepted(hello: Any) -> None:
+    fake: Any = Answers(hello=hello)
+    assert await check_redis(fake, "redis://db.example:6380/2", 1.0) is None
+
+
+async def test_a_redis_lost_between_ping_and_hello_is_waited_for() -> None:
+    lost = RedisConnectionError("reset")
+    fake: Any = Answers(hello=lost)
+    assert await check_redis(fake, "redis://db.example:6380/2", 1.0) is lost
+
+
+async def test_fakeredis_answers_hello_as_an_acceptable_server() -> None:
+    redis = fakeredis.FakeAsyncRedis()
+    assert await check_redis(redis, "redis://localhost:6379/0", 1.0) is None
 
 
 async def test_no_password_in_the_url_says_how_to_give_one() -> None:
@@ -249,3 +295,21 @@ async def test_a_start_refused_by_redis_closes_clients_that_connected_meanwhile(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await redis.aclose()
+
+
+@pytest.mark.parametrize(("mode", "cluster", "says"), [
+    (b"cluster", False, "is a Redis Cluster node: start the node with --redis-cluster"),
+    (b"standalone", True, "is not a Redis Cluster node: leave --redis-cluster off"),
+])
+async def test_a_redis_of_the_other_mode_names_the_option(mode: bytes, cluster: bool,
+                                                          says: str) -> None:
+    fake: Any = Answers(hello={b"server": b"redis", b"version": b"7.0.15", b"mode": mode})
+    with pytest.raises(StartupError) as info:
+        await check_redis(fake, "redis://db.example:6380/0", 1.0, cluster=cluster)
+    assert says in info.value.text
+    assert info.value.settings == ("redis_cluster",)
+
+
+async def test_a_cluster_node_is_accepted_with_the_option() -> None:
+    fake: Any = Answers(hello={b"server": b"redis", b"version": b"7.0.15", b"mode": b"cluster"})
+    assert await check_redis(fake, "redis://db.example:6380/0", 1.0, cluster=True) is None

@@ -43,6 +43,7 @@ def text_error(line: str, registered: bool = True) -> ProtocolError:
         ("/who", m.Who()),
         ("/who dev", m.Who(room="dev")),
         ("/rooms", m.Rooms()),
+        ("/rooms dev", m.Rooms(after="dev")),
         ("/history", m.History()),
         ("/history 20", m.History(limit=20)),
         ("/help", m.Help()),

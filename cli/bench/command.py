@@ -70,12 +70,18 @@ class RichObserver(Observer):
 
 
 async def _run(config: BenchConfig, spawn: int, baseline: str | None, metrics: list[Any],
-               redis_url: str | None, observer: Observer) -> dict[str, Any]:
+               redis_url: str | None, observer: Observer, redis_shards: int = 0
+               ) -> dict[str, Any]:
     if spawn:
-        observer.phase(f"starting redis-server and {spawn} node(s)")
-        async with LocalCluster(spawn) as cluster:
+        observer.phase(f"starting a Redis Cluster of {redis_shards} master(s) and {spawn} "
+                       "node(s)" if redis_shards else
+                       f"starting redis-server and {spawn} node(s)")
+        async with LocalCluster(spawn, redis_shards=redis_shards) as cluster:
             config = _with_targets(config, cluster.targets)
-            return await run_bench(config, cluster.probe, observer)
+            result = await run_bench(config, cluster.probe, observer)
+            result["redis_shards"] = [{"address": s.address, "slots": s.slots}
+                                      for s in cluster.probe.redis_shards]
+            return result
     if baseline:
         observer.phase(f"starting the {baseline} server")
         async with BaselineServer(baseline) as server:
@@ -93,9 +99,11 @@ def _with_targets(config: BenchConfig, targets: list[tuple[str, int]]) -> BenchC
 
 
 async def _main(config: BenchConfig, spawn: int, baseline: str | None, metrics: list[Any],
-                redis_url: str | None, observer: Observer) -> dict[str, Any]:
+                redis_url: str | None, observer: Observer, redis_shards: int = 0
+                ) -> dict[str, Any]:
     """Run, cancelling cleanly on SIGTERM as asyncio.run already does on Ctrl+C."""
-    task = asyncio.ensure_future(_run(config, spawn, baseline, metrics, redis_url, observer))
+    task = asyncio.ensure_future(_run(config, spawn, baseline, metrics, redis_url, observer,
+                                      redis_shards))
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     try:
@@ -105,12 +113,12 @@ async def _main(config: BenchConfig, spawn: int, baseline: str | None, metrics: 
 
 
 def bench(config: BenchConfig, *, spawn: int, baseline: str | None, metrics: list[Any],
-          redis_url: str | None = None, json_out: bool = False) -> int:
+          redis_url: str | None = None, json_out: bool = False, redis_shards: int = 0) -> int:
     err = Console(stderr=True)
     try:
         with RichObserver(err) as observer:
             result = asyncio.run(_main(config, spawn, baseline, metrics, redis_url,
-                                       observer))
+                                       observer, redis_shards))
     except KeyboardInterrupt:
         err.print("interrupted; everything started was stopped")
         return 130

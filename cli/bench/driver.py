@@ -73,6 +73,9 @@ class BenchConfig:
     profile: str = "hubbub"
     connect_concurrency: int = 100
     setup_timeout: float = 60.0
+    flat_out: int = 0
+    """Instead of a rate: every client writes this many lines as fast as TCP allows (one
+    step; ``duration`` is its time limit)."""
 
     def __post_init__(self) -> None:
         if self.clients < 2 and (self.clients or not self.idle):
@@ -85,6 +88,8 @@ class BenchConfig:
             raise ValueError("the baseline servers (--plain) have one room")
         if self.rate < 0 or self.duration <= 0 or self.ramp_factor <= 1:
             raise ValueError("rate >= 0, duration > 0, ramp factor > 1")
+        if self.flat_out < 0 or (self.flat_out and self.ramp):
+            raise ValueError("--flat-out takes a line count and no --ramp")
 
 
 class Observer:
@@ -235,11 +240,15 @@ async def _run(config: BenchConfig, probe: Probe, observer: Observer,
     if config.idle:
         result["idle"] = await _idle(config, probe, observer, workers, before)
     steps: list[StepResult] = []
-    if config.clients and ready == config.clients and (config.rate > 0 or config.ramp):
-        if config.warmup > 0:
+    if config.clients and ready == config.clients and (config.rate > 0 or config.ramp
+                                                        or config.flat_out):
+        if config.warmup > 0 and config.rate > 0:
             observer.phase("warming up")
             await _step(config, probe, observer, workers, config.rate, config.warmup)
-        if config.ramp:
+        if config.flat_out:
+            steps.append(await _step(config, probe, observer, workers, 0.0, config.duration,
+                                     flat=config.flat_out))
+        elif config.ramp:
             await _ramp(config, probe, observer, workers, ready, steps)
         else:
             steps.append(await _step(config, probe, observer, workers, config.rate,
@@ -314,8 +323,10 @@ async def _idle(config: BenchConfig, probe: Probe, observer: Observer,
 
 
 async def _step(config: BenchConfig, probe: Probe, observer: Observer,
-                workers: list[_Worker], rate: float, seconds: float) -> StepResult:
-    observer.phase(f"{rate:,.0f} msg/s for {seconds:g} s")
+                workers: list[_Worker], rate: float, seconds: float, *, flat: int = 0
+                ) -> StepResult:
+    observer.phase(f"{flat:,} lines per client flat out (at most {seconds:g} s)" if flat
+                   else f"{rate:,.0f} msg/s for {seconds:g} s")
     observer.step(rate, seconds)
     shares = _split(config.clients, len(workers))
     progress: dict[int, dict[str, Any]] = {}
@@ -331,7 +342,8 @@ async def _step(config: BenchConfig, probe: Probe, observer: Observer,
 
     before = await probe.sample()
     for w, (a, b) in zip(workers, shares, strict=True):
-        await w.send(op="run", rate=rate * (b - a) / config.clients, seconds=seconds)
+        await w.send(op="run", rate=rate * (b - a) / config.clients, seconds=seconds,
+                     flat=flat)
     ended = await asyncio.gather(*(w.reply("ended", on_progress(k))
                                    for k, w in enumerate(workers)))
     room_sent: Counter[str] = Counter()
@@ -339,16 +351,18 @@ async def _step(config: BenchConfig, probe: Probe, observer: Observer,
         room_sent.update({k: int(v) for k, v in e["by_room"].items()})
     observer.phase(f"draining ({rate:,.0f} msg/s step)")
     figures = await _all(workers, "step", [
-        {"op": "drain", "room_sent": dict(room_sent), "within": config.drain_within}
+        {"op": "drain", "room_sent": dict(room_sent),
+         "within": max(config.drain_within, seconds) if flat else config.drain_within}
         for _ in workers])
     after = await probe.sample()
-    merged = _merge(config, rate, seconds, ended, figures)
-    merged["server"] = _server_delta(before, after)
+    merged = _merge(config, rate, seconds, ended, figures, flat)
+    merged["server"] = server = _server_delta(before, after)
+    server.update(cpu_costs(server, merged["sent"], merged["deliveries"]))
     return StepResult(rate, seconds, merged)
 
 
 def _merge(config: BenchConfig, rate: float, seconds: float, ended: list[dict[str, Any]],
-           figures: list[dict[str, Any]]) -> dict[str, Any]:
+           figures: list[dict[str, Any]], flat: int = 0) -> dict[str, Any]:
     hist = Histogram()
     for f in figures:
         hist.merge(Histogram.from_sparse(f["hist"], f["hist_total"], f["hist_max"]))
@@ -371,8 +385,12 @@ def _merge(config: BenchConfig, rate: float, seconds: float, ended: list[dict[st
         "complete": all(f["complete"] for f in figures),
         "gen_cpu_pct": 100 * sum(f["cpu"] for f in figures) / max(f["wall"] for f in figures),
         "gen_max_lag_ms": 1000 * max(f["max_lag"] for f in figures),
-        # the schedule owes int(rate * t) messages at t: allow for the one not yet due
-        "schedule_kept": total["sent"] >= SCHEDULE_KEPT * rate * seconds - len(figures),
+        # the schedule owes int(rate * t) messages at t: allow for the one not yet due;
+        # flat out, every client must have written all its lines within the time limit
+        "schedule_kept": (total["sent"] >= flat * config.clients if flat else
+                          total["sent"] >= SCHEDULE_KEPT * rate * seconds - len(figures)),
+        "flat_out": flat,
+        "refused": sum(f["errors"].get("relay-unavailable", 0) for f in figures),
         "hog_state": hog_state[0] if hog_state else None,
     }
     reasons = []
@@ -394,13 +412,37 @@ def _server_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, An
     wall = after["t"] - before["t"]
     nodes = []
     for b, a in zip(before["nodes"], after["nodes"], strict=True):
-        cpu = (100 * (a["cpu"] - b["cpu"]) / wall
-               if a["cpu"] is not None and b["cpu"] is not None and wall > 0 else None)
-        nodes.append({"cpu_pct": cpu, "rss": a["rss"], "channels": a["channels"]})
-    redis = (100 * (after["redis_cpu"] - before["redis_cpu"]) / wall
-             if after["redis_cpu"] is not None and before["redis_cpu"] is not None
-             and wall > 0 else None)
-    return {"nodes": nodes, "redis_cpu_pct": redis, "seconds": wall}
+        used = a["cpu"] - b["cpu"] if a["cpu"] is not None and b["cpu"] is not None else None
+        nodes.append({"cpu_pct": 100 * used / wall if used is not None and wall > 0 else None,
+                      "cpu_s": used, "rss": a["rss"], "channels": a["channels"]})
+    redis_s = (after["redis_cpu"] - before["redis_cpu"]
+               if after["redis_cpu"] is not None and before["redis_cpu"] is not None else None)
+    redis = 100 * redis_s / wall if redis_s is not None and wall > 0 else None
+    shards = []
+    for b, a in zip(before.get("redis_shards_cpu") or [], after.get("redis_shards_cpu") or [],
+                    strict=True):
+        used = a - b if a is not None and b is not None else None
+        shards.append({"cpu_pct": 100 * used / wall if used is not None and wall > 0 else None,
+                       "cpu_s": used})
+    return {"nodes": nodes, "redis_cpu_pct": redis, "redis_cpu_s": redis_s,
+            "redis_shards": shards, "seconds": wall}
+
+
+def cpu_costs(server: dict[str, Any], sent: int, deliveries: int) -> dict[str, float | None]:
+    """CPU microseconds per chat message and per delivery, for the nodes together and for
+    Redis, over the step's window (None where a reading or a count is missing)."""
+    node_s: float | None = None
+    used = [n["cpu_s"] for n in server["nodes"]]
+    if used and all(u is not None for u in used):
+        node_s = sum(used)
+
+    def per(seconds: float | None, count: int) -> float | None:
+        return 1e6 * seconds / count if seconds is not None and count else None
+
+    redis_s = server["redis_cpu_s"]
+    return {"node_us_per_msg": per(node_s, sent), "node_us_per_delivery": per(node_s, deliveries),
+            "redis_us_per_msg": per(redis_s, sent),
+            "redis_us_per_delivery": per(redis_s, deliveries)}
 
 
 def _sum_counts(maps: Any) -> dict[str, int]:

@@ -8,6 +8,10 @@ Theory of operation
   owes: ``rate * elapsed - sent`` messages, round-robin over the live clients, one write
   per client per tick (several lines in it only when a client owes several).  The stamp's
   time is read once per tick, when the lines are written.
+* A *flat-out* step (:meth:`LoadGen.begin_flat`) has no schedule: every client writes its
+  lines as fast as its transport takes them, pausing when the transport's buffer is full
+  (``pause_writing``) — so a server that stops reading slows its senders through TCP.
+  Each line's stamp is the time it was handed to the transport.
 * A run is a sequence of *steps* (:meth:`LoadGen.begin` … :meth:`LoadGen.end`,
   :meth:`LoadGen.drain`, :meth:`LoadGen.collect`).  Figures are per step; the receivers'
   sequence trackers live for the whole run, so a late or repeated message is recognised
@@ -41,6 +45,8 @@ from .tracker import DUPLICATE, NEW, SeqTracker
 __all__ = ["TICK", "GenSpec", "LoadGen", "StepCounters"]
 
 TICK = 0.005
+FLAT_CHUNK = 64
+"""Lines per write in a flat-out step."""
 PROFILES = ("hubbub", "plain")
 _MAX_PENDING = 1 << 20  # bytes without a newline before the rest is dropped as corrupted
 
@@ -146,6 +152,8 @@ class _Client(asyncio.Protocol):
         self.got = 0  # this step
         self.closed = False
         self.failure: str | None = None
+        self.owed = 0  # lines still to write in a flat-out step
+        self.paused = False
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -278,6 +286,26 @@ class _Client(asyncio.Protocol):
             return "open"
         return "closed by server (its close waits behind the unread data)"
 
+    # -- sending flat out: as fast as the transport takes it (TCP's flow control)
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.pump()
+
+    def pump(self) -> None:
+        """Write what this client still owes of a flat-out step, a chunk at a time, until
+        the transport's buffer is full (``pause_writing``) or nothing is owed."""
+        gen = self.gen
+        while self.owed > 0 and not self.paused and self.transport is not None:
+            n = min(self.owed, FLAT_CHUNK)
+            self.send(n, time.monotonic_ns() // 1000)
+            self.owed -= n
+            gen.counters.sent += n
+        if self.owed <= 0:
+            gen.flat_sent(self)
+
     # -- sending (called by the ticker)
     def send(self, count: int, sent_us: int) -> None:
         transport = self.transport
@@ -396,6 +424,8 @@ class LoadGen:
         self._cpu0 = 0.0
         self._wall0 = 0.0
         self._sending = False
+        self._flat_done: asyncio.Future[None] | None = None
+        self._flat_waiting: set[_Client] = set()
 
     # ---------------------------------------------------------------- set-up
     async def setup(self) -> dict[str, Any]:
@@ -473,17 +503,42 @@ class LoadGen:
     # ---------------------------------------------------------------- steps
     def begin(self, rate: float) -> None:
         """Start a step: send ``rate`` messages/s (this process's share) from now."""
+        self._start(rate)
+        if rate > 0 and self._live:
+            self._timer = self.loop.call_later(TICK, self._tick)
+
+    def begin_flat(self, count: int) -> asyncio.Future[None]:
+        """Start a flat-out step: every live client writes ``count`` lines as fast as its
+        transport takes them.  The future is done once every live client has written all
+        of them."""
+        self._start(0.0)
+        self._flat_done = done = self.loop.create_future()
+        self._flat_waiting = set(self._live)
+        for client in self._live:
+            client.owed = count
+        for client in list(self._live):
+            client.pump()
+        if not self._flat_waiting and not done.done():
+            done.set_result(None)  # no live client
+        return done
+
+    def flat_sent(self, client: _Client) -> None:
+        """``client`` has written all it owed (or is gone)."""
+        self._flat_waiting.discard(client)
+        done = self._flat_done
+        if not self._flat_waiting and done is not None and not done.done():
+            done.set_result(None)
+
+    def _start(self, rate: float) -> None:
         self.counters = StepCounters()
         for client in self.clients:
-            client.sent = client.got = 0
+            client.sent = client.got = client.owed = 0
         self._live = [c for c in self.clients if not c.closed]
         self._rate = rate
         self._cpu0 = self_cpu_seconds()
         self._t0 = self._wall0 = time.monotonic()
         self._next = self._t0 + TICK
         self._sending = True
-        if rate > 0 and self._live:
-            self._timer = self.loop.call_later(TICK, self._tick)
 
     def _tick(self) -> None:
         if not self._sending:
@@ -520,6 +575,8 @@ class LoadGen:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        for client in self.clients:
+            client.owed = 0  # a flat-out step cut short by its time limit
         send_seconds = time.monotonic() - self._t0
         by_room: Counter[int] = Counter()
         for client in self.clients:
@@ -533,6 +590,7 @@ class LoadGen:
             self.counters.disconnects += 1
         if client in self._live:
             self._live.remove(client)
+        self.flat_sent(client)
         if self.drain_target is not None:
             self.drain_target -= max(0, self._owed.get(client.index, 0) - client.got)
             if self.counters.deliveries >= self.drain_target:

@@ -11,7 +11,11 @@ Columns of the steps table (docs/PERFORMANCE.md says the same):
   not parse (or whose stamp is damaged); ``disc`` measured clients the server dropped;
 * ``gen CPU`` the load generator processes' CPU, in % of one core (near 100 % per worker:
   the generator, not the server, is the limit); ``node CPU`` each server process, ``redis``
-  Redis's CPU.
+  Redis's CPU (on a spawned Redis Cluster, each master's, in slot order);
+* ``node µs/msg``, ``node µs/deliv``: CPU microseconds of all the nodes together per chat
+  message sent and per delivery, over the step (from ``/proc``, spawned nodes only);
+  ``redis µs/msg``, ``redis µs/deliv``: the same for Redis (``INFO cpu``; on a spawned
+  Redis Cluster, all its masters together).
 """
 
 from __future__ import annotations
@@ -37,14 +41,45 @@ def _ms(value: float | None) -> str:
     return f"{value:.2f}" if value < 10 else f"{value:,.0f}"
 
 
+def _us(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
+
+
 def _pcts(values: list[float | None]) -> str:
     return " ".join(_num(v) for v in values) if values else "—"
+
+
+def _redis_pct(server: dict[str, Any]) -> str:
+    """Redis's CPU %: each master's on a Redis Cluster, else the one Redis's."""
+    shards = server.get("redis_shards")
+    if shards:
+        return _pcts([s["cpu_pct"] for s in shards])
+    return _num(server.get("redis_cpu_pct"))
+
+
+def shards_lines(result: dict[str, Any]) -> list[str]:
+    """One line per master of a spawned Redis Cluster: its slots and its CPU in each
+    step (none without a cluster)."""
+    shards = result.get("redis_shards") or []
+    steps = result.get("steps") or []
+    lines = []
+    for i, shard in enumerate(shards):
+        pcts = []
+        for s in steps:
+            readings = s.get("server", {}).get("redis_shards") or []
+            pcts.append(readings[i]["cpu_pct"] if i < len(readings) else None)
+        lines.append(f"  shard {i + 1}: master {shard['address']}, slots {shard['slots']}: "
+                     f"Redis CPU {' / '.join(_num(p, 1) for p in pcts) or '—'} %")
+    return lines
 
 
 def steps_table(result: dict[str, Any], title: str = "steps") -> Table:
     table = Table(title=title, title_justify="left")
     cols = ["msg/s", "sent/s", "deliv/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "lost",
-            "dup", "ooo", "corrupt", "disc", "gen CPU %", "node CPU %", "redis CPU %"]
+            "dup", "ooo", "corrupt", "disc", "gen CPU %", "node CPU %", "redis CPU %",
+            "node µs/msg", "node µs/deliv", "redis µs/msg", "redis µs/deliv"]
     ramp = bool(result["config"].get("ramp"))
     if ramp:
         cols.append("ok")
@@ -57,7 +92,9 @@ def steps_table(result: dict[str, Any], title: str = "steps") -> Table:
                _num(s["lost"]), _num(s["duplicates"]), _num(s["late"]), _num(s["corrupted"]),
                _num(s["disconnects"]), _num(s["gen_cpu_pct"]),
                _pcts([n["cpu_pct"] for n in server.get("nodes", [])]),
-               _num(server.get("redis_cpu_pct"))]
+               _redis_pct(server), _us(server.get("node_us_per_msg")),
+               _us(server.get("node_us_per_delivery")), _us(server.get("redis_us_per_msg")),
+               _us(server.get("redis_us_per_delivery"))]
         if ramp:
             row.append("yes" if s["passed"] else "no: " + "; ".join(s["failed_because"]))
         table.add_row(*row)
@@ -87,11 +124,23 @@ def print_report(result: dict[str, Any], console: Console | None = None) -> None
             f"connection: " + (f"{per / 1024:.1f} KiB" if per is not None else "not available")
             + (f" (growth {idle['rss_growth'] / 2**20:.1f} MiB)" if per is not None else "")
             + (f"; failures {idle['failures']}" if idle["failures"] else ""))
+    shards = shards_lines(result)
+    if shards:
+        console.print(f"Redis Cluster of {len(shards)} master(s), Redis CPU per shard "
+                      "(per step):")
+        for line in shards:
+            console.print(line, highlight=False)
     if result.get("aborted"):
         console.print(f"[red]aborted:[/] {result['aborted']}")
     if result.get("steps"):
         console.print(steps_table(result))
         for s in result["steps"]:
+            if s.get("flat_out"):
+                console.print(
+                    f"flat out: {s['flat_out']:,} lines per client, {_num(s['sent'])} sent; "
+                    f"{_num(s['deliveries_per_s'])} deliveries/s, {s['refused']:,} refused "
+                    f"(relay-unavailable), p50 {_ms(s['p50_ms'])} ms, p99 {_ms(s['p99_ms'])} ms"
+                    + ("" if s["schedule_kept"] else "; NOT all lines were sent in the limit"))
             extra = {k: s[k] for k in ("errors", "byes") if s[k]}
             if s.get("hog_state") is not None:
                 extra["never-reading client"] = s["hog_state"]

@@ -7,6 +7,8 @@ The driver writes one command per line on stdin and reads one reply per line on 
 ``{"op":"idle","count":N,"first":J}``           ``{"ev":"idle",…}`` once N idle ones registered
 ``{"op":"run","rate":R,"seconds":S}``           ``{"ev":"progress",…}`` every 0.5 s, then
                                                 ``{"ev":"ended","by_room":{…},…}``
+``{"op":"run",…,"flat":M}``                     the same, every client writing M lines flat
+                                                out (S is the time limit)
 ``{"op":"drain","room_sent":{…},"within":T}``   ``{"ev":"step",…}`` (the step's figures)
 ``{"op":"close"}``                              ``{"ev":"closed"}``, then the process exits
 ==============================================  ===============================================
@@ -72,7 +74,8 @@ async def _serve() -> None:
                 _say("idle", **await gen.open_idle())
             elif op == "run":
                 assert gen is not None
-                await _run(gen, float(cmd["rate"]), float(cmd["seconds"]))
+                await _run(gen, float(cmd["rate"]), float(cmd["seconds"]),
+                           int(cmd.get("flat", 0)))
             elif op == "drain":
                 assert gen is not None
                 room_sent = {int(k): int(v) for k, v in cmd["room_sent"].items()}
@@ -86,13 +89,22 @@ async def _serve() -> None:
         _say("closed")
 
 
-async def _run(gen: LoadGen, rate: float, seconds: float) -> None:
-    gen.begin(rate)
+async def _run(gen: LoadGen, rate: float, seconds: float, flat: int = 0) -> None:
+    """A step: ``seconds`` at ``rate``, or (``flat``) until every client has written
+    ``flat`` lines as fast as TCP takes them, ``seconds`` at most."""
+    done = gen.begin_flat(flat) if flat else None
+    if done is None:
+        gen.begin(rate)
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
     while (left := end - loop.time()) > 0:
-        await asyncio.sleep(min(PROGRESS_EVERY, left))
+        if done is None:
+            await asyncio.sleep(min(PROGRESS_EVERY, left))
+        else:
+            await asyncio.wait([done], timeout=min(PROGRESS_EVERY, left))
         _say("progress", **gen.progress())
+        if done is not None and done.done():
+            break
     _say("ended", **gen.end())
 
 

@@ -9,7 +9,10 @@ Theory of operation
 * After every (re)connect each room is *caught up*: the client asks for the messages after
   the last id it showed (or the recent history on a first join) and, until the answer is
   in, holds back live messages for that room; then it shows the history and the held-back
-  messages merged in id order.  A full page asks for the next one.
+  messages merged in id order.  A full page asks for the next one.  When the node says
+  the room no longer holds everything after that id (``complete: false``: trimmed by count
+  or age, or lost with the store), the client says so once, before what is still held;
+  a ``gap`` the node reports after repairing its own subscription is said the same way.
 * Messages the user said that the cluster has not acknowledged stay ``pending``.  The
   node's ``ack`` and the message's own echo (a ``msg`` from the user) arrive in either
   order, both with the message id: an echo whose ack has not come is kept (``_echoed``)
@@ -168,6 +171,7 @@ class ClientState:
         self._acked: dict[str, None] = {}  # ids acknowledged whose echo has not come (in order)
         self._asked: set[str] = set()
         self._synced: set[str] = set()
+        self._gap_told: set[str] = set()  # rooms told of a gap in their current catch-up
         self._passwords: dict[str, str] = {}  # ref -> a password the cluster may accept
 
     # ------------------------------------------------------------------ addresses
@@ -246,6 +250,7 @@ class ClientState:
     def _start_catchup(self, room: str, after: str | None = None) -> list[Op]:
         ref = self._ref("c")
         self._catchup[room] = []
+        self._gap_told.discard(room)
         self._catchup_refs[ref] = room
         # a room caught up before is resumed from the last id shown ("0-0": it had none)
         after = after or self.last_id.get(room) or ("0-0" if room in self._synced else None)
@@ -303,14 +308,29 @@ class ClientState:
         held = self._catchup.get(room)
         if held is None:
             return [], []
+        shown = self._gap(room) if ev.get("complete") is False else []
         if len(messages) >= CATCHUP_PAGE:  # more to come: show this page, ask for the next
-            shown = self._show_messages(room, messages, history=True)
+            shown += self._show_messages(room, messages, history=True)
             return shown, self._start_catchup_page(room)
         del self._catchup[room]
         self._synced.add(room)
-        shown = self._show_messages(room, messages, history=True)
+        shown += self._show_messages(room, messages, history=True)
         shown += self._show_messages(room, held, history=False)
         return shown, self._settle_pending(room)
+
+    def _on_gap(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
+        """The node found events of a room gone when it repaired its subscription."""
+        return self._gap(str(ev.get("room", ""))), []
+
+    def _gap(self, room: str) -> list[Shown]:
+        """The notice that some of a room's messages are gone: once per catch-up (every
+        page of it may say so), and once for each gap the node reports otherwise."""
+        if room in self._gap_told:
+            return []
+        if room in self._catchup:
+            self._gap_told.add(room)
+        return [Shown("notice", f"some messages in #{safe(room)} are no longer in history",
+                      room=room)]
 
     def _start_catchup_page(self, room: str) -> list[Op]:
         ref = self._ref("c")
@@ -425,6 +445,13 @@ class ClientState:
             members.discard(nick)
         return [Shown("quit", safe(str(ev.get("reason") or "")), nick=safe(nick))], []
 
+    def _on_topic(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
+        room, nick = str(ev.get("room", "")), str(ev.get("nick", ""))
+        text = str(ev.get("text", ""))
+        said = f"{nick} set the topic of {room}: {text}" if text else \
+            f"{nick} cleared the topic of {room}"
+        return [Shown("notice", safe(said), room=room)], []
+
     def _on_nick(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
         old, new = str(ev.get("old", "")), str(ev.get("new", ""))
         for members in self.members.values():
@@ -451,7 +478,11 @@ class ClientState:
         self._asked.discard(str(ev.get("ref")))
         rooms = [r for r in ev.get("rooms", []) if isinstance(r, dict)]
         listing = ", ".join(f"{safe(str(r.get('room')))} ({r.get('members')})" for r in rooms)
-        return [Shown("notice", f"{len(rooms)} rooms: {listing}")], []
+        shown = [Shown("notice", f"{len(rooms)} rooms: {listing}")]
+        if ev.get("more") is True and rooms:
+            shown.append(Shown("notice", "more rooms follow: /rooms "
+                                         f"{safe(str(rooms[-1].get('room')))}"))
+        return shown, []
 
     def _on_notice(self, ev: dict[str, Any]) -> tuple[list[Shown], list[Op]]:
         lines = str(ev.get("text", "")).split("\n")  # one item a line: \n is not content

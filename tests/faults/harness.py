@@ -61,9 +61,11 @@ def node_options(**options: object) -> list[str]:
 
 
 def unthrottled(**overrides: object) -> list[str]:
-    """No flood control and no per-address caps (the suite connects hundreds of clients
-    from 127.0.0.1 and sends bursts), unless a case sets them."""
-    return node_options(**{"rate": 0, "max_per_ip": 0, "conn_rate_per_ip": 0, **overrides})
+    """No flood control, no listing pace, no rooms cap and no per-address caps (the suite
+    connects hundreds of clients from 127.0.0.1, sends bursts and keeps a speaker in every
+    room it opens), unless a case sets them."""
+    return node_options(**{"rate": 0, "max_per_ip": 0, "conn_rate_per_ip": 0, "list_rate": 0,
+                           "room_create_rate": 0, "max_rooms_per_user": 0, **overrides})
 
 
 def base_args(*extra: str, **limits: object) -> tuple[str, ...]:
@@ -363,6 +365,8 @@ class Talker:
         self.room = room
         self.interval = interval
         self.sent: dict[int, float] = {}
+        self._said = asyncio.Event()
+        """Set after each line said (cleared by :meth:`saying`)."""
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> Talker:
@@ -376,12 +380,22 @@ class Talker:
             now = time.monotonic()
             self.m.send("say", text=f"{self.m.nick} {seq} {now:.6f}", ref=seq, **room)
             self.sent[seq] = now
+            self._said.set()
             seq += 1
             try:
                 await self.m.drain()
             except (ConnectionError, OSError):
                 return  # the node closed the connection: the test sees it on the Member
             await asyncio.sleep(self.interval)
+
+    async def saying(self, lines: int, timeout: float = 15.0) -> None:
+        """Until ``lines`` more lines are said, whatever becomes of them (a room whose
+        lines are held gets no acks to wait for)."""
+        goal = len(self.sent) + lines
+        async with asyncio.timeout(timeout):
+            while len(self.sent) < goal:
+                self._said.clear()
+                await self._said.wait()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -402,6 +416,21 @@ class Talker:
         """seq -> error code, for the lines that were refused."""
         return {s: c for s, (c, _) in self.m.errors.items()
                 if isinstance(s, int) and s in self.sent}
+
+
+async def heard_last(talkers: Iterable[Talker], receivers: Sequence[Member], room: str,
+                     timeout: float = TIMEOUT) -> None:
+    """Until every receiver (but the talker itself) has each talker's last acknowledged
+    line: an ack and the line's delivery come back on different connections, so the
+    last lines may still be on their way when every line has its ack."""
+    for t in talkers:
+        acked = t.acked()
+        if not acked:
+            continue
+        last = acked[max(acked)]
+        for r in receivers:
+            if r is not t.m:
+                await r.until(lambda r=r, last=last: last in r.ids(room), timeout)
 
 
 def seqs_from(m: Member, room: str, sender: str) -> list[int]:

@@ -18,6 +18,7 @@ from .harness import (
     claim,
     close_all,
     connect,
+    heard_last,
     members,
     node_flags,
     percentile,
@@ -92,6 +93,7 @@ async def test_message_and_connection_floods_leave_others_unaffected() -> None:
                 gc.enable()
             for t in talkers:
                 await t.m.until(t.settled)
+            await heard_last(talkers, users[:4], "lobby")
             relayed = max(sum(1 for g in m.msgs.get("lobby", []) if g.sender == "flood")
                           for m in users[:4])
             reason = next((e for e in flooder.events if e.get("ev") == "error"), {})

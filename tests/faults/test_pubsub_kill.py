@@ -21,6 +21,7 @@ from .harness import (
     Talker,
     base_args,
     close_all,
+    heard_last,
     members,
     out_of_order,
     redis_client,
@@ -44,9 +45,15 @@ SILENT_RECONNECT = (
     "node's users (0-14 receiver-deliveries lost per 3 kills in our runs)")
 
 
-async def test_pubsub_killed_resubscribed_and_gap_repaired() -> None:
+BUS_FORMATS = pytest.mark.parametrize("bus_format", ["2", "1"])
+"""Also in the upgrade mode (``--bus-format 1``): each event then arrives twice, classic
+and sharded, on the one connection that is killed, and must still be shown once."""
+
+
+@BUS_FORMATS
+async def test_pubsub_killed_resubscribed_and_gap_repaired(bus_format: str) -> None:
     async with redis_server() as (url, _), redis_client(url) as r:
-        nodes = await start_nodes(url, ["p1", "p2"], *base_args())
+        nodes = await start_nodes(url, ["p1", "p2"], *base_args("--bus-format", bus_format))
         (n1, port1), (n2, port2) = nodes
         users = []
         talkers: list[Talker] = []
@@ -72,10 +79,7 @@ async def test_pubsub_killed_resubscribed_and_gap_repaired() -> None:
                 await t.stop()
             for t in talkers:
                 await t.m.until(t.settled)
-            last = {t.m.nick: t.acked()[max(t.sent)] for t in talkers}
-            for m in (ra, rb):
-                for t in talkers:
-                    await m.until(lambda m=m, t=t: last[t.m.nick] in m.ids("lobby"))
+            await heard_last(talkers, [ra, rb], "lobby")
 
             said = sum(len(t.sent) for t in talkers)
             lost = dups = disorder = 0
@@ -122,13 +126,15 @@ def as_text(e: env.Envelope) -> str:
     raise AssertionError(e)
 
 
-async def test_a_text_user_on_a_cut_node_sees_every_notice_and_line_once_in_order() -> None:
+@BUS_FORMATS
+async def test_a_text_user_on_a_cut_node_sees_every_notice_and_line_once_in_order(
+        bus_format: str) -> None:
     """Users join, talk, rename, part and quit on node 2 while node 1's subscription is
     killed (node 1 held still meanwhile, so the users' comings and goings fall in the
     gap): node 1's text user is shown exactly the room's stream from its own join on --
     notices and lines, once each, in the stream's order."""
     async with redis_server() as (url, _), redis_client(url) as r:
-        nodes = await start_nodes(url, ["p1", "p2"], *base_args())
+        nodes = await start_nodes(url, ["p1", "p2"], *base_args("--bus-format", bus_format))
         (n1, port1), (_, port2) = nodes
         try:
             watcher = await LineClient.connect(port1)

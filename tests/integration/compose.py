@@ -9,10 +9,10 @@ file describes the way each container would run it, on loopback:
   used from the repository wherever its container path appears in the service's
   command; a named volume is a temporary directory (Redis's working directory, ``/data``
   in its image);
-* every port a service listens on (Redis's ``port`` directive, a node's ``HUBBUB_PORT``
-  and ``HUBBUB_HTTP_PORT``, HAProxy's ``bind`` lines) is remapped to a free loopback port,
-  and every ``service:port`` reference (``HUBBUB_REDIS_URL``, HAProxy ``server`` lines,
-  ``HUBBUB_NODES``) is rewritten to ``127.0.0.1:<that port>``; listen-everywhere
+* every port a service listens on (Redis's ``port`` directive, a node's ``HUBBUB_PORT``,
+  ``HUBBUB_HTTP_PORT`` and ``HUBBUB_IRC_PORT``, HAProxy's ``bind`` lines) is remapped to a
+  free loopback port, and every ``service:port`` reference (``HUBBUB_REDIS_URL``, HAProxy
+  ``server`` lines, ``HUBBUB_NODES``) is rewritten to ``127.0.0.1:<that port>``; listen-everywhere
   addresses (``0.0.0.0``) become ``127.0.0.1``;
 * Redis runs as ``redis-server <deploy/redis.conf> <the compose command's arguments>
   --port <free> --bind 127.0.0.1`` in that temporary directory, and its compose
@@ -325,6 +325,8 @@ class ComposeCluster:
         for key in ("HUBBUB_PORT", "HUBBUB_HTTP_PORT"):
             assert key in env, f"{name}: set {key} in docker-compose.yml (ports are remapped)"
             env[key] = str(self.local_port(name, int(env[key])))
+        if env.get("HUBBUB_IRC_PORT", "0") != "0":
+            env["HUBBUB_IRC_PORT"] = str(self.local_port(name, int(env["HUBBUB_IRC_PORT"])))
         for key, value in env.items():
             if key.endswith("HOST") and value in ANYWHERE:
                 env[key] = LOOPBACK

@@ -122,20 +122,23 @@ async def redis_server(port: int | None = None, *extra: str
 
 
 async def start_node(redis_url: str, node_id: str, *args: str,
-                     port: int | None = None, wait_ready: bool = True
-                     ) -> tuple[Proc, int]:
-    """``hubbub node`` as a subprocess, started through the CLI; returns (proc, port)."""
+                     port: int | None = None, wait_ready: bool = True,
+                     cwd: str | None = None) -> tuple[Proc, int]:
+    """``hubbub node`` as a subprocess, started through the CLI; returns (proc, port).
+    ``cwd``: a directory holding another revision's ``cli`` and ``node`` packages, run
+    instead of these (``python -m`` imports from the working directory first)."""
     port = port or free_port()
     if "--http-port" not in args:  # never the default 8081: several nodes share this host
         args = ("--http-port", str(free_port()), *args)
     # Tests connect many clients from 127.0.0.1 and send bursts: no flood control and no
     # per-address caps unless the caller passes them (a later flag wins).
-    args = ("--rate", "0", "--max-per-ip", "0", "--conn-rate-per-ip", "0", *args)
+    args = ("--rate", "0", "--max-per-ip", "0", "--conn-rate-per-ip", "0", "--list-rate", "0",
+            "--room-create-rate", "0", "--max-rooms-per-user", "0", *args)
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cli", "node", "--host", "127.0.0.1", "--port", str(port),
         "--redis-url", redis_url, "--node-id", node_id, "--log-json", *args,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=cwd)
     assert child.stderr is not None
     proc = Proc(child, child.stderr)
     await proc.wait_line(is_event("node listening"))

@@ -29,7 +29,7 @@ async def hubbub(*args: str, env: dict[str, str] | None = None) -> tuple[int, st
 
 async def test_say_who_and_rooms() -> None:
     async with redis_server() as (url, _):
-        node, port = await start_node(url, "cmd")
+        node, port = await start_node(url, "cmd", "--rooms-page", "1")
         addr = f"127.0.0.1:{port}"
         try:
             ops = await json_user(port, "ops_watcher")
@@ -55,8 +55,13 @@ async def test_say_who_and_rooms() -> None:
             code, out, err = await hubbub("who", "ops", "--node", addr)
             assert code == 0, err
             assert "ops_watcher" in out and "#ops" in out
+            # a page at a time (one room a page here), and the way to the next one
             code, out, err = await hubbub("rooms", "--node", addr)
             assert code == 0, err
-            assert "ops" in out and "lobby" in out
+            assert "lobby" in out and "ops" not in out
+            assert "hubbub rooms --after lobby" in " ".join(out.split())
+            code, out, err = await hubbub("rooms", "--node", addr, "--after", "lobby")
+            assert code == 0, err
+            assert "ops" in out and "lobby" not in out and "--after" not in out
         finally:
             assert await node.stop() == 0

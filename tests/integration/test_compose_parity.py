@@ -30,7 +30,8 @@ from cli.client.connection import ChatClient
 from cli.client.shown import Shown
 from cli.client.state import Address, ClientState
 
-from ..helpers import JsonClient, LineClient, json_user, text_user
+from ..helpers import JsonClient, LineClient, json_user, text_user, wait_until
+from ..irchelpers import irc_user
 from .compose import (
     COMPOSE_FILE,
     REPO,
@@ -88,10 +89,12 @@ def test_compose_file_reads_as_docker_compose_reads_it() -> None:
     binary = require_binary("docker-compose")
     for env in ({}, ENV):
         out = subprocess.run(
-            [binary, "-f", str(COMPOSE_FILE), "--profile", "client", "config"],
+            [binary, "-f", str(COMPOSE_FILE), "--profile", "client", "--profile",
+             "redis-cluster", "config"],
             capture_output=True, text=True, check=True, timeout=60,
             env={"PATH": "/usr/bin:/bin", **env})
-        theirs = yaml.safe_load(out.stdout)["services"]
+        # docker-compose prints a literal $ escaped as $$, ready to be read again
+        theirs = _unescape(yaml.safe_load(out.stdout)["services"])
         ours = load_compose(env=env)["services"]
         assert sorted(theirs) == sorted(ours)
         for name, svc in ours.items():
@@ -106,6 +109,16 @@ def test_compose_file_reads_as_docker_compose_reads_it() -> None:
             f"redis://:{password}@redis:6379/0"
     # the runtime stage's ENV is what the harness gives the nodes besides compose's
     assert image_env()["PYTHONUNBUFFERED"] == "1"
+
+
+def _unescape(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("$$", "$")
+    if isinstance(value, list):
+        return [_unescape(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _unescape(v) for k, v in value.items()}
+    return value
 
 
 def test_config_files_are_valid_as_written() -> None:
@@ -176,6 +189,27 @@ async def test_clients_on_different_nodes_and_through_the_load_balancer_chat() -
         for client in (alice, bob, via[1], via[2]):
             assert await client.expect("[lobby] lb0") == \
                 "[lobby] lb0: through the load balancer"
+
+
+async def test_irc_clients_through_the_load_balancer() -> None:
+    """IRC is on in the compose file: through the load balancer's IRC port (its PROXY
+    header gives the node the client's address) an IRC user meets a text user."""
+    async with compose_cluster(ENV) as c:
+        ted = await text_user(c.chat_port("node1"), "ted")
+        ivy = await irc_user(c.local_port("lb", 6667), "ivy")
+        own = "{}:{}".format(*ivy.writer.get_extra_info("sockname")[:2])
+        await ivy.send("JOIN #lobby")
+        await ivy.expect_msg("366")
+        await ted.send("hello irc")
+        heard = await ivy.expect_msg("PRIVMSG", "#lobby")
+        assert heard.params[1] == "hello irc" and (heard.source or "").startswith("ted!")
+        await ivy.send("PRIVMSG #lobby :hello text")
+        assert await ted.expect("[lobby] ivy") == "[lobby] ivy: hello text"
+        def logged() -> list[dict[str, Any]]:
+            return [json.loads(line) for proc in c.procs.values() for line in proc.lines
+                    if registered("ivy")(line)]
+        await wait_until(logged)
+        assert [entry["peer"] for entry in logged()] == [own]
 
 
 async def test_load_balancer_limits_each_client_address() -> None:

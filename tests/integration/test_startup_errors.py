@@ -15,8 +15,9 @@ import pytest
 import trustme
 
 from cli.cluster import free_port
+from cli.redis_cluster import start_redis_cluster
 
-from .procs import hubbub_exit, redis_server
+from .procs import hubbub_exit, redis_server, require_binary
 
 pytestmark = pytest.mark.redis_server
 
@@ -197,3 +198,28 @@ async def test_cluster_with_a_redis_that_refuses_it() -> None:
     assert code == 2 and "Traceback" not in out, out
     assert out.strip().startswith("hubbub cluster: error: Redis at ")
     assert out.strip().endswith("(--redis-url / HUBBUB_CLUSTER_REDIS_URL)")
+
+
+async def test_a_standalone_redis_named_as_a_cluster_node_is_refused() -> None:
+    async with redis_server() as (url, _):
+        line = await refused("--redis-url", url, "--redis-cluster",
+                             option="--redis-cluster / HUBBUB_REDIS_CLUSTER")
+        env_line = await refused("--redis-url", url, env={"HUBBUB_REDIS_CLUSTER": "1"},
+                                 option="--redis-cluster / HUBBUB_REDIS_CLUSTER")
+    assert line == env_line
+    assert "is not a Redis Cluster node: leave --redis-cluster off" in line
+
+
+async def test_an_unreachable_cluster_node_names_the_url() -> None:
+    line = await refused("--redis-url", f"redis://127.0.0.1:{free_port()}/0", "--redis-cluster",
+                         "--redis-timeout", "0.5", option="--redis-url / HUBBUB_REDIS_URL")
+    assert "cannot reach the Redis Cluster node at redis://127.0.0.1:" in line
+
+
+async def test_a_redis_cluster_node_without_the_option_is_refused_without_waiting() -> None:
+    require_binary("redis-server")
+    async with start_redis_cluster(1) as cluster:
+        line = await refused("--redis-url", cluster.url,
+                             option="--redis-cluster / HUBBUB_REDIS_CLUSTER")
+    assert f"Redis at {cluster.url} is a Redis Cluster node: start the node with " \
+        "--redis-cluster" in line
