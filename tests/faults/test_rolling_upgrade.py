@@ -2,13 +2,13 @@
 per room, on every node.
 
 1. **The previous release beside format-1 nodes.**  Nodes of the previous release carry
-   room events on classic pub/sub (``PUBLISH``/``SUBSCRIBE``); this release carries them
-   sharded.  The previous release's own code (``PREVIOUS``, read out of git into a
-   directory and run as a node process from there) runs beside nodes of this release
-   started with ``--bus-format 1``, which publish both ways and subscribe both ways.  A
-   release before the batch reads ``"v":1`` envelopes only: an extra reader stands in for
-   one (it subscribes the room channels classic and keeps only ``"v":1`` messages), and
-   must see everything too.
+   room events on classic pub/sub (``PUBLISH``/``SUBSCRIBE``), one ``"v":1`` envelope per
+   event; this release carries them sharded, a batch per round.  The previous release's
+   own code (``PREVIOUS``, read out of git into a directory and run as a node process
+   from there) runs beside nodes of this release started with ``--bus-format 1``, which
+   publish both ways and subscribe both ways.  An extra reader does what the previous
+   release's bus does (it subscribes the room channels classic and keeps only ``"v":1``
+   messages), and must see everything too.
 2. **This release in both formats** (the second restart): format-1 and format-2 nodes in
    one cluster.
 """
@@ -34,8 +34,11 @@ from .test_newcomer import Path, hello_with_rooms, json_join, text_registration
 
 pytestmark = pytest.mark.redis_server
 
-PREVIOUS = "5c06446"
-"""The last revision before room channels went sharded (classic pub/sub, both formats)."""
+PREVIOUS = "1e20fcb"
+"""The previous release: room channels on classic pub/sub, one ``"v":1`` envelope per
+event, no room index."""
+PREVIOUS_LACKS = frozenset({"--list-rate", "--room-create-rate", "--max-rooms-per-user"})
+"""Options of the suite's nodes that the previous release does not have."""
 
 CLIENTS = 12
 PER_USER = 150
@@ -57,6 +60,14 @@ def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                              capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
     yield str(where)
+
+
+def previous_args() -> tuple[str, ...]:
+    """The suite's node options (:func:`base_args`), those the previous release knows."""
+    args = base_args()
+    pairs = zip(args[::2], args[1::2], strict=True)
+    return tuple(part for flag, value in pairs if flag not in PREVIOUS_LACKS
+                 for part in (flag, value))
 
 
 @asynccontextmanager
@@ -135,16 +146,14 @@ async def talk_and_check(nodes: Sequence[tuple[Proc, int]],
             assert tuple(reader[room]) in orders
 
 
-@pytest.mark.parametrize("old_format", ["1", "2"])
 async def test_previous_release_and_format_1_nodes_in_one_cluster_lose_nothing(
-        previous_release: str, old_format: str) -> None:
-    """The first restart: nodes of the previous release (its own code; ``old_format`` 1
-    as a release before the batch publishes, 2 as the previous release does by default)
-    and nodes of this release with ``--bus-format 1``.  With old nodes in format 1, a
-    reader of a release before the batch sees everything too."""
+        previous_release: str) -> None:
+    """The first restart: nodes of the previous release (its own code) and nodes of this
+    release with ``--bus-format 1``; a reader as the previous release reads sees
+    everything too."""
     async with redis_server() as (url, _), old_reader(url, ROOMS) as reader:
-        old = [start_node(url, f"old{i}", *base_args("--bus-format", old_format),
-                          cwd=previous_release) for i in range(2)]
+        old = [start_node(url, f"old{i}", *previous_args(), cwd=previous_release)
+               for i in range(2)]
         new = [start_node(url, f"new{i}", *base_args("--bus-format", "1")) for i in range(2)]
         started = await asyncio.gather(*old, *new)
         nodes = [started[0], started[2], started[1], started[3]]  # old, new, old, new
@@ -153,7 +162,7 @@ async def test_previous_release_and_format_1_nodes_in_one_cluster_lose_nothing(
                 subscribed = [json.loads(line) for line in proc.lines  # its bus had no
                               if '"relay subscribed"' in line]          # shard links
                 assert subscribed and all("shard" not in e for e in subscribed)
-            await talk_and_check(nodes, reader if old_format == "1" else None)
+            await talk_and_check(nodes, reader)
         finally:
             await stop_all(p for p, _ in nodes)
 
@@ -182,8 +191,7 @@ async def test_the_answer_means_live_on_a_format_1_node(
     every line once, in order (see test_newcomer.py for the paths)."""
     async with redis_server() as (url, _):
         if speaker_node == "previous":
-            speaking = start_node(url, "a", *base_args("--bus-format", "1"),
-                                  cwd=previous_release)
+            speaking = start_node(url, "a", *previous_args(), cwd=previous_release)
         else:
             speaking = start_node(url, "a", *base_args())
         nodes = list(await asyncio.gather(

@@ -126,14 +126,17 @@ async def start_node(redis_url: str, node_id: str, *args: str,
                      cwd: str | None = None) -> tuple[Proc, int]:
     """``hubbub node`` as a subprocess, started through the CLI; returns (proc, port).
     ``cwd``: a directory holding another revision's ``cli`` and ``node`` packages, run
-    instead of these (``python -m`` imports from the working directory first)."""
+    instead of these (``python -m`` imports from the working directory first); that
+    revision may lack options of this one, so only ``args`` are added to its command."""
     port = port or free_port()
     if "--http-port" not in args:  # never the default 8081: several nodes share this host
         args = ("--http-port", str(free_port()), *args)
-    # Tests connect many clients from 127.0.0.1 and send bursts: no flood control and no
-    # per-address caps unless the caller passes them (a later flag wins).
-    args = ("--rate", "0", "--max-per-ip", "0", "--conn-rate-per-ip", "0", "--list-rate", "0",
-            "--room-create-rate", "0", "--max-rooms-per-user", "0", *args)
+    if cwd is None:
+        # Tests connect many clients from 127.0.0.1 and send bursts: no flood control and
+        # no per-address caps unless the caller passes them (a later flag wins).
+        args = ("--rate", "0", "--max-per-ip", "0", "--conn-rate-per-ip", "0",
+                "--list-rate", "0", "--room-create-rate", "0", "--max-rooms-per-user", "0",
+                *args)
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cli", "node", "--host", "127.0.0.1", "--port", str(port),
         "--redis-url", redis_url, "--node-id", node_id, "--log-json", *args,
