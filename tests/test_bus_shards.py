@@ -92,12 +92,26 @@ def link_of(bus: Bus, name: str) -> Link:
     return link
 
 
+async def subscribe_rooms(bus: Bus) -> None:
+    """Subscribe every room of both shards."""
+    for channel in A_ROOMS + B_ROOMS:
+        await bus.subscribe(channel)
+
+
 async def received(sink: Sink, client: Any, channel: str,
                    nick: str) -> None:
     """Publish a join on ``channel`` through ``client`` and wait until it came."""
     event = env.RoomJoin(channel, nick)
     await client.spublish(channel, event.serialize())
     await sink.wait_for(lambda: event in sink.envelopes)
+
+
+def watched(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> tuple[Link, Link, Canaries]:
+    """The links of shards a and b, their canaries watched."""
+    a, b = link_of(bus, "a"), link_of(bus, "b")
+    canaries = Canaries(monkeypatch)
+    canaries.watch(a, b)
+    return a, b, canaries
 
 
 class Canaries:
@@ -118,6 +132,11 @@ class Canaries:
 
             self._monkeypatch.setattr(link, "_canary_back", back)
 
+    async def each(self) -> None:
+        """Until a canary sent from now on came back through every link watched."""
+        for link in list(self._back):
+            await self.next(link)
+
     async def next(self, link: Link) -> None:
         """Until a canary sent from now on came back through ``link``."""
         queue = self._back[link]
@@ -132,13 +151,10 @@ async def test_each_channel_is_subscribed_on_the_link_of_its_shard(
     async with two_shards() as (topology, _, _):
         sink = Sink()
         bus = make_bus(topology, sink, canary_interval=0.05)
-        a, b = link_of(bus, "a"), link_of(bus, "b")
-        canaries = Canaries(monkeypatch)
-        canaries.watch(a, b)
+        a, b, canaries = watched(bus, monkeypatch)
         assert bus.links[0] is link_of(bus, topology.shard_of(HOME).name)  # the home link
         async with listening(bus):
-            for channel in A_ROOMS + B_ROOMS:
-                await bus.subscribe(channel)
+            await subscribe_rooms(bus)
             assert set(A_ROOMS) <= a.channels and set(B_ROOMS) <= b.channels
             assert not set(B_ROOMS) & a.channels and not set(A_ROOMS) & b.channels
             assert topology.shard_of(a.canary_channel) is topology.a
@@ -147,8 +163,7 @@ async def test_each_channel_is_subscribed_on_the_link_of_its_shard(
             await received(sink, topology.a.client, A_ROOMS[0], "ann")
             await received(sink, topology.b.client, B_ROOMS[0], "bob")
             assert await topology.a.client.spublish(B_ROOMS[0], b"x") == 0
-            await canaries.next(a)
-            await canaries.next(b)
+            await canaries.each()
             assert bus.is_ready() == (True, [])
             # each shard has an epoch key of its own, in a slot it serves
             assert await topology.a.client.get(bus.epoch_key_of(topology.a)) is not None
@@ -164,14 +179,10 @@ async def test_a_dead_link_is_repaired_without_touching_the_other(
         sink = Sink()
         bus = make_bus(topology, sink, canary_interval=0.05, ready_window=0.3,
                        reconnect_min=0.01, reconnect_max=0.05)
-        a, b = link_of(bus, "a"), link_of(bus, "b")
-        canaries = Canaries(monkeypatch)
-        canaries.watch(a, b)
+        a, b, canaries = watched(bus, monkeypatch)
         async with listening(bus):
-            for channel in A_ROOMS + B_ROOMS:
-                await bus.subscribe(channel)
-            await canaries.next(a)
-            await canaries.next(b)
+            await subscribe_rooms(bus)
+            await canaries.each()
             b_pubsub, a_pubsub = b.pubsub, a.pubsub
             assert a_pubsub is not None and a_pubsub.connection is not None
             server_a.connected = False  # a is gone: its link's connection breaks
@@ -198,14 +209,10 @@ async def test_a_deaf_link_is_rebuilt_alone_and_takes_the_node_out_meanwhile(
         sink = Sink()
         bus = make_bus(topology, sink, canary_interval=0.05, ready_window=0.2,
                        reconnect_min=0.01, reconnect_max=0.02)
-        a, b = link_of(bus, "a"), link_of(bus, "b")
-        canaries = Canaries(monkeypatch)
-        canaries.watch(a, b)
+        a, b, canaries = watched(bus, monkeypatch)
         async with listening(bus):
-            for channel in A_ROOMS + B_ROOMS:
-                await bus.subscribe(channel)
-            await canaries.next(a)
-            await canaries.next(b)
+            await subscribe_rooms(bus)
+            await canaries.each()
             deaf, b_pubsub = b.pubsub, a.pubsub
             assert deaf is not None
             await deaf.sunsubscribe(b.canary_channel)  # no error: b's canaries stop coming
@@ -238,8 +245,7 @@ async def test_a_channel_whose_slot_moved_follows_it(pushed: bool, stale: int) -
         a, b = link_of(bus, "a"), link_of(bus, "b")
         moving, staying = A_ROOMS
         async with listening(bus):
-            for channel in A_ROOMS + B_ROOMS:
-                await bus.subscribe(channel)
+            await subscribe_rooms(bus)
             slot = slot_of(moving)
             topology.next_map = [(0, slot - 1, topology.a), (slot, slot, topology.b),
                                  (slot + 1, SPLIT - 1, topology.a),
@@ -268,8 +274,7 @@ async def test_a_shard_that_serves_nothing_loses_its_link_and_a_new_one_gets_one
             sink = Sink()
             bus = make_bus(topology, sink, canary_interval=0.05)
             async with listening(bus):
-                for channel in A_ROOMS + B_ROOMS:
-                    await bus.subscribe(channel)
+                await subscribe_rooms(bus)
                 c = Shard("c", c_client)
                 topology.next_map = [(0, SPLIT - 1, c), (SPLIT, SLOTS - 1, topology.b)]
                 bus.suspect()
@@ -295,21 +300,17 @@ async def test_a_shard_that_lost_its_data_is_noticed_on_its_own(
     async with two_shards() as (topology, _, _):
         sink = Sink()
         bus = make_bus(topology, sink, canary_interval=0.05)
-        a, b = link_of(bus, "a"), link_of(bus, "b")
-        canaries = Canaries(monkeypatch)
-        canaries.watch(a, b)
+        _, _, canaries = watched(bus, monkeypatch)
         async with listening(bus):
             for _ in range(2):  # a whole round after the first: both epochs are known
-                await canaries.next(a)
-                await canaries.next(b)
+                await canaries.each()
             key_a, key_b = bus.epoch_key_of(topology.a), bus.epoch_key_of(topology.b)
             assert key_a != key_b
             kept = await topology.a.client.get(key_a)
             await topology.b.client.flushall()  # as a restart without persistence leaves it
             await sink.wait_for(lambda: sink.resets == 1)
             for _ in range(2):  # more rounds: nothing new to report
-                await canaries.next(a)
-                await canaries.next(b)
+                await canaries.each()
         assert sink.resets == 1 and bus.stats.data_resets == 1
         assert await topology.a.client.get(key_a) == kept
         assert await topology.b.client.get(key_b) is not None

@@ -114,19 +114,32 @@ async def test_names_rooms_and_messages_go_to_each_key_s_master() -> None:
                 KEYS.nicks)} == {"alice", "bob"}
 
 
+async def a_room_per_master(cluster: LocalRedisCluster) -> tuple[dict[int, str], int]:
+    """A room on each master (master port -> room), and a master that holds rooms only:
+    not ``{nicks}``, not the room index, not the one the URL names."""
+    spread = await names_on_each_master(cluster, KEYS.members)
+    rooms = {port: names[0] for port, names in spread.items()}
+    busy = {await cluster.master_of(KEYS.nicks), await cluster.master_of(KEYS.rooms_live),
+            urlsplit(cluster.url).port}
+    return rooms, next(p for p in rooms if p not in busy)
+
+
+async def two_in_every_room(node: ChatNode, rooms: dict[int, str]
+                            ) -> tuple[JsonClient, JsonClient]:
+    """alice and bob on ``node``, both in every room of ``rooms``."""
+    alice = await json_user(node.port or 0, "alice")
+    bob = await json_user(node.port or 0, "bob")
+    for room in rooms.values():
+        await join(alice, room)
+        await join(bob, room)
+    return alice, bob
+
+
 async def test_a_frozen_master_holds_only_its_own_rooms_messages() -> None:
     async with local_cluster(3, 0) as cluster:
-        spread = await names_on_each_master(cluster, KEYS.members)
-        rooms = {port: names[0] for port, names in spread.items()}
-        busy = {await cluster.master_of(KEYS.nicks), await cluster.master_of(KEYS.rooms_live),
-                urlsplit(cluster.url).port}
-        frozen = next(p for p in rooms if p not in busy)  # holds rooms only
+        rooms, frozen = await a_room_per_master(cluster)
         async with cluster_node(cluster, "n1", outbox_seconds=20.0) as node:
-            alice = await json_user(node.port or 0, "alice")
-            bob = await json_user(node.port or 0, "bob")
-            for room in rooms.values():
-                await join(alice, room)
-                await join(bob, room)
+            alice, bob = await two_in_every_room(node, rooms)
             with freeze(cluster, frozen):
                 await alice.op("say", room=rooms[frozen], text="held", ref="held")
                 await wait_until(lambda: node.relay.publisher.held, timeout=TIMEOUT)
@@ -151,17 +164,9 @@ def _text(value: bytes | str) -> str:
 async def test_a_killed_master_s_rooms_are_held_then_stored_on_its_promoted_replica(
         ) -> None:
     async with local_cluster(3, 1) as cluster:
-        spread = await names_on_each_master(cluster, KEYS.members)
-        rooms = {port: names[0] for port, names in spread.items()}
-        busy = {await cluster.master_of(KEYS.nicks), await cluster.master_of(KEYS.rooms_live),
-                urlsplit(cluster.url).port}
-        victim = next(p for p in rooms if p not in busy)  # holds rooms only
+        rooms, victim = await a_room_per_master(cluster)
         async with cluster_node(cluster, "n1", outbox_seconds=30.0) as node:
-            alice = await json_user(node.port or 0, "alice")
-            bob = await json_user(node.port or 0, "bob")
-            for room in rooms.values():
-                await join(alice, room)
-                await join(bob, room)
+            alice, bob = await two_in_every_room(node, rooms)
             kill(cluster, victim)
             await alice.op("say", room=rooms[victim], text="held", ref="held")
             await wait_until(lambda: node.relay.publisher.held, timeout=TIMEOUT)
